@@ -1,0 +1,1 @@
+"""Contracts shared by the ingress, the deployments and storage: schemas, errors, settings."""

@@ -1,0 +1,126 @@
+"""Typed application arguments: what serve_config.yaml's ``args`` must look like.
+
+Each model deployment gets its own config model, including the device it runs on and the
+Ray resources it asks for, so a CPU-only run and a fractional-GPU run differ by config
+file alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Device = Literal["cpu", "cuda"]
+
+
+class Resources(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    num_cpus: float = Field(0.5, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+
+
+class _ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    device: Device = "cpu"
+    resources: Resources = Resources()
+
+    @model_validator(mode="after")
+    def _device_matches_resources(self) -> _ModelConfig:
+        if self.device == "cuda" and self.resources.num_gpus <= 0:
+            raise ValueError("device 'cuda' needs resources.num_gpus > 0 (e.g. 0.25)")
+        if self.device == "cpu" and self.resources.num_gpus > 0:
+            raise ValueError("device 'cpu' must not reserve GPUs (resources.num_gpus: 0)")
+        return self
+
+
+class AsrConfig(_ModelConfig):
+    model: str = "large-v3"
+    """Hub name (``large-v3``) or a local CTranslate2 model folder."""
+    compute_type: str = "default"
+    """``float16`` on GPU, ``int8``/``float32`` on CPU; ``default`` picks by device."""
+    batch_size: int = Field(8, ge=1, le=128)
+    language: str | None = None
+    """Fixed language for every request, or ``None`` to detect per file."""
+    cpu_threads: int = Field(2, ge=1)
+    download_root: Path | None = None
+    local_files_only: bool = False
+    vad_onset: float = 0.5
+    vad_offset: float = 0.363
+    chunk_size: int = 30
+
+
+class AlignConfig(_ModelConfig):
+    models: dict[str, str] = {}
+    """Language code → wav2vec2 CTC model (hub name, torchaudio bundle name or local folder)."""
+    use_default_models: bool = True
+    """Fall back to whisperx's default aligner per language (needs hub access or a cache)."""
+    model_dir: Path | None = None
+    """Cache directory for aligner downloads."""
+    nltk_data: Path | None = None
+    """Folder holding ``tokenizers/punkt_tab``; needed offline."""
+    max_cached_models: int = Field(4, ge=1)
+    cpu_threads: int = Field(2, ge=1)
+
+
+class DiarizationConfig(_ModelConfig):
+    pipeline: str | None = "pyannote/speaker-diarization-community-1"
+    """A pyannote pipeline (hub name or local folder with config.yaml). Used when set."""
+    segmentation: Path | None = None
+    """Offline parts: a pyannote segmentation checkpoint (folder or .bin)."""
+    embedding: Path | None = None
+    """Offline parts: the CAM++ speaker-embedding state_dict."""
+    plda: Path | None = None
+    """Offline parts: a VBx PLDA folder; used only when the embedding is 256-dimensional."""
+    clustering_threshold: float = Field(0.6, gt=0, lt=2)
+    min_duration_off: float = Field(0.0, ge=0)
+    cpu_threads: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _pipeline_or_parts(self) -> DiarizationConfig:
+        if self.pipeline is None and (self.segmentation is None or self.embedding is None):
+            raise ValueError("diarization needs either `pipeline` or both `segmentation` and `embedding`")
+        return self
+
+
+class RunnerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_concurrent_tasks: int = Field(2, ge=1)
+    """Tasks one runner replica processes at once; the rest wait in the durable queue."""
+    lease_seconds: float = Field(60.0, gt=1)
+    """A claimed task whose runner stops renewing for this long is picked up again."""
+    poll_interval_seconds: float = Field(2.0, gt=0)
+    """Safety-net scan of the queue; new tasks wake the runner at once."""
+    max_attempts: int = Field(2, ge=1)
+    """Runs of one task before an interrupted task is failed instead of retried."""
+    db_mirror_interval_seconds: float = Field(1.0, ge=0)
+    """Least time between two database writes of in-stage progress for one task."""
+
+
+class IngressConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_upload_bytes: int = Field(1024**3, ge=1)
+    ready_timeout_seconds: float = Field(3.0, gt=0)
+
+
+class AppArgs(BaseModel):
+    """The ``args`` of the whisperx-serve application in serve_config.yaml."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "whisperx"
+    """Namespaces the progress actor, so two apps on one cluster never share one."""
+    models_dir: Path | None = None
+    """Base for relative model paths in this config (e.g. the offline bundle)."""
+    asr: AsrConfig = AsrConfig()
+    alignment: AlignConfig = AlignConfig()
+    diarization: DiarizationConfig = DiarizationConfig()
+    runner: RunnerConfig = RunnerConfig()
+    ingress: IngressConfig = IngressConfig()
+    allow_pending_gpus: bool = False
+    """Let GPU deployments wait for GPU nodes (autoscaling clusters) instead of failing."""

@@ -1,0 +1,103 @@
+"""One error hierarchy for the whole service.
+
+Every error carries a stable ``code``, the HTTP ``status_code`` it maps to, a message fit
+for an end user and a one-line technical detail (no traceback, no secrets). Constructor
+arguments equal ``self.args`` so instances pickle across Ray process boundaries intact.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import ClassVar
+
+_SECRET_PATTERNS = (
+    re.compile(r"(hf_)[A-Za-z0-9]{8,}"),
+    re.compile(r"(://[^:/@\s]+:)[^@\s]+(@)"),  # user:password@ in URLs
+    re.compile(r"((?:token|password|secret|api_key)=)[^&\s]+", re.IGNORECASE),
+)
+
+
+def one_line(text: str, limit: int = 500) -> str:
+    """Collapse ``text`` to a single line, redact secrets and cap its length."""
+    line = " ".join(str(text).split())
+    for pattern in _SECRET_PATTERNS:
+        line = pattern.sub(lambda m: m.group(1) + "***" + (m.group(2) if m.lastindex == 2 else ""), line)
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+class ServiceError(Exception):
+    status_code: ClassVar[int] = 500
+    code: ClassVar[str] = "internal"
+
+    def __init__(self, user_message: str, technical_detail: str = "") -> None:
+        super().__init__(user_message, technical_detail)
+        self.user_message = user_message
+        self.technical_detail = one_line(technical_detail)
+
+    def __str__(self) -> str:
+        return f"{self.user_message} ({self.technical_detail})" if self.technical_detail else self.user_message
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, user_message: str) -> ServiceError:
+        """Wrap a library exception; keep its type and message as the technical detail."""
+        return cls(user_message, f"{type(exc).__name__}: {exc}")
+
+
+class InvalidRequestError(ServiceError):
+    status_code, code = 422, "invalid_request"
+
+
+class InvalidAudioError(ServiceError):
+    status_code, code = 422, "invalid_audio"
+
+
+class EmptyUploadError(InvalidAudioError):
+    code = "empty_upload"
+
+
+class UploadTooLargeError(ServiceError):
+    status_code, code = 413, "upload_too_large"
+
+
+class TaskNotFoundError(ServiceError):
+    status_code, code = 404, "task_not_found"
+
+
+class ModelUnavailableError(ServiceError):
+    status_code, code = 503, "model_unavailable"
+
+
+class ConfigurationError(ServiceError):
+    status_code, code = 500, "configuration"
+
+
+class TaskInterruptedError(ServiceError):
+    status_code, code = 500, "task_interrupted"
+
+
+class ProcessingError(ServiceError):
+    status_code, code = 500, "processing_failed"
+
+
+def validation_error_from(exc: Exception) -> InvalidRequestError:
+    """A pydantic ValidationError as a 422 naming each bad field."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        parts = [
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}".lstrip(": ")
+            for e in errors()
+        ]
+        detail = one_line("; ".join(parts))
+    else:
+        detail = one_line(str(exc))
+    return InvalidRequestError(f"Invalid parameters: {detail}", detail)
+
+
+def as_service_error(exc: BaseException) -> ServiceError:
+    """Any exception as a ServiceError: known ones unchanged, the rest as a generic 500."""
+    if isinstance(exc, ServiceError):
+        return exc
+    cause = getattr(exc, "cause", None)  # ray.exceptions.RayTaskError wraps the original
+    if isinstance(cause, ServiceError):
+        return cause
+    return ProcessingError.from_exception(exc, "Processing failed because of an internal error.")

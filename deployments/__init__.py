@@ -1,0 +1,1 @@
+"""Ray Serve deployments: one model stage per module (plain engine + thin deployment)."""

@@ -1,0 +1,121 @@
+"""Typed wrappers over DeploymentHandles and the tracker actor handle.
+
+The orchestration code talks to these, never to raw handles, so the call contracts are
+checked by mypy and unit tests can pass fakes with the same methods.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+from common.schemas import (
+    AlignRequest,
+    AsrRequest,
+    DiarizeRequest,
+    TaskError,
+    TaskProgressStage,
+    TaskSnapshot,
+    TaskStatus,
+    Timings,
+    Transcript,
+)
+from deployments.progress_state import Event
+
+
+class AsrClient:
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    async def transcribe(self, audio: np.ndarray, req: AsrRequest) -> Transcript:
+        result: Transcript = await self._handle.transcribe.remote(audio, req)
+        return result
+
+    async def add_word_timestamps(self, audio: np.ndarray, transcript: Transcript) -> Transcript:
+        result: Transcript = await self._handle.add_word_timestamps.remote(audio, transcript)
+        return result
+
+
+class AlignClient:
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    async def supports(self, language: str) -> bool:
+        return bool(await self._handle.supports.remote(language))
+
+    async def align(self, audio: np.ndarray, req: AlignRequest) -> Transcript:
+        result: Transcript = await self._handle.align.remote(audio, req)
+        return result
+
+
+class DiarizeClient:
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    async def diarize(self, audio: np.ndarray, req: DiarizeRequest) -> Transcript:
+        result: Transcript = await self._handle.diarize.remote(audio, req)
+        return result
+
+
+class ProgressSink(Protocol):
+    """What the pipeline needs from the tracker; ``ProgressClient`` or a test fake."""
+
+    async def start(self, task_id: str, stages: list[TaskProgressStage], attempt: int) -> None: ...
+    async def enter_stage(self, task_id: str, stage: TaskProgressStage, message: str = "") -> None: ...
+    async def finish(
+        self,
+        task_id: str,
+        status: TaskStatus,
+        *,
+        result: Transcript | None = None,
+        error: TaskError | None = None,
+        timings: Timings | None = None,
+    ) -> bool: ...
+
+
+class ProgressClient:
+    """Typed access to the ProgressTracker actor."""
+
+    def __init__(self, actor: Any) -> None:
+        self._actor = actor
+
+    async def start(self, task_id: str, stages: list[TaskProgressStage], attempt: int) -> None:
+        await self._actor.start.remote(task_id, [s.value for s in stages], attempt)
+
+    async def enter_stage(self, task_id: str, stage: TaskProgressStage, message: str = "") -> None:
+        await self._actor.enter_stage.remote(task_id, stage.value, message)
+
+    async def finish(
+        self,
+        task_id: str,
+        status: TaskStatus,
+        *,
+        result: Transcript | None = None,
+        error: TaskError | None = None,
+        timings: Timings | None = None,
+    ) -> bool:
+        written: bool = await self._actor.finish.remote(
+            task_id, status.value, result=result, error=error, timings=timings
+        )
+        return written
+
+    async def snapshot(self, task_id: str) -> TaskSnapshot | None:
+        snap: TaskSnapshot | None = await self._actor.snapshot.remote(task_id)
+        return snap
+
+    async def events_after(self, task_id: str, after_seq: int, timeout_s: float) -> list[Event] | None:
+        events: list[Event] | None = await self._actor.events_after.remote(task_id, after_seq, timeout_s)
+        return events
+
+    async def ping(self) -> bool:
+        return bool(await self._actor.ping.remote())
+
+
+class RunnerClient:
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    def notify(self) -> None:
+        """Wake the runner to claim new work now (fire and forget)."""
+        self._handle.notify.remote()

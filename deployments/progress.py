@@ -1,0 +1,227 @@
+"""ProgressTracker: the named, detached Ray actor that owns live task progress.
+
+Every progress change of every task goes through it. It keeps a bounded event log per task
+with a monotonic ``seq``, wakes WebSocket handlers that wait in ``events_after`` (no
+sleeping loops), and mirrors progress to SQL: on every stage change, at a bounded rate
+inside a stage, and the terminal state before the terminal event is published, so a
+client that sees ``completed`` can read the result at once. The database is the durable
+copy: after a restart the actor rebuilds a task's state from its row on first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import ray
+
+from common.schemas import (
+    TaskError,
+    TaskProgressStage,
+    TaskSnapshot,
+    TaskStatus,
+    Timings,
+    Transcript,
+)
+from deployments.progress_state import Event, TaskProgressState
+from deployments.reporting import TRACKER_NAMESPACE, tracker_name
+from storage import repository
+from storage.db import Database
+
+logger = logging.getLogger(__name__)
+
+
+def state_from_row(row: Any) -> TaskProgressState:
+    """Rebuild live state from a task row (after a tracker restart, or a task not yet seen)."""
+    error = None
+    if row.error_code:
+        error = TaskError(
+            code=row.error_code,
+            user_message=row.error_message or "",
+            technical_detail=row.error_detail or "",
+        )
+    state = TaskProgressState(
+        task_id=row.id,
+        status=TaskStatus(row.status),
+        stage=TaskProgressStage(row.progress_stage),
+        percentage=float(row.progress_percentage or 0.0),
+        seq=int(row.progress_seq or 0),
+        message=row.progress_message or "",
+        error=error,
+    )
+    if state.status.terminal:
+        # Replay the terminal event to late subscribers, under the seq it was stored with.
+        status, state.status = state.status, TaskStatus.processing
+        state.seq = max(state.seq - 1, 0)
+        state.finish(status, error)
+    return state
+
+
+class ProgressTracker:
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        mirror_interval_s: float = 1.0,
+        retain_terminal_s: float = 900.0,
+    ) -> None:
+        self._db = Database(database_url)
+        self._mirror_interval = mirror_interval_s
+        self._retain = retain_terminal_s
+        self._states: dict[str, TaskProgressState] = {}
+        self._changed: dict[str, asyncio.Condition] = {}
+        self._mirrored: dict[str, tuple[float, TaskProgressStage]] = {}
+
+    # ---------------------------------------------------------------- writers
+
+    async def start(self, task_id: str, stages: list[str], attempt: int = 1) -> None:
+        self._evict_finished()
+        state = await self._state(task_id)
+        if state is not None:
+            await self._publish(state, state.start([TaskProgressStage(s) for s in stages], attempt))
+
+    async def enter_stage(self, task_id: str, stage: str, message: str = "") -> None:
+        state = await self._state(task_id)
+        if state is not None:
+            await self._publish(state, state.enter_stage(TaskProgressStage(stage), message))
+
+    async def report(self, task_id: str, stage: str, percentage: float, message: str = "") -> None:
+        state = self._states.get(task_id)  # reports only ever follow start()
+        if state is not None:
+            await self._publish(state, state.report(TaskProgressStage(stage), percentage, message))
+
+    async def finish(
+        self,
+        task_id: str,
+        status: str,
+        *,
+        result: Transcript | None = None,
+        error: TaskError | None = None,
+        timings: Timings | None = None,
+    ) -> bool:
+        """Persist the terminal state, then publish the terminal event. False if already terminal."""
+        state = await self._state(task_id)
+        if state is None or state.status.terminal:
+            return False
+        final = TaskStatus(status)
+        seq = state.seq + 1
+        if final is TaskStatus.completed:
+            assert result is not None, "a completed task needs a result"
+            written = await asyncio.to_thread(
+                repository.complete_task,
+                self._db,
+                task_id=task_id,
+                result=result,
+                timings=timings or Timings(),
+                seq=seq,
+            )
+        else:
+            err = error or TaskError(code="internal", user_message="The task failed.")
+            written = await asyncio.to_thread(
+                repository.fail_task, self._db, task_id=task_id, error=err, timings=timings, seq=seq
+            )
+        if not written:
+            logger.warning("task %s was already terminal in the database", task_id, extra={"task_id": task_id})
+        event = state.finish(final, error)
+        await self._notify(state, event)
+        return written
+
+    # ---------------------------------------------------------------- readers
+
+    async def snapshot(self, task_id: str) -> TaskSnapshot | None:
+        state = await self._state(task_id)
+        return state.snapshot() if state is not None else None
+
+    async def events_after(self, task_id: str, after_seq: int, timeout_s: float = 25.0) -> list[Event] | None:
+        """Events with seq > ``after_seq``; waits up to ``timeout_s`` for the next one.
+
+        ``None`` means the task does not exist. An empty list means nothing new in time
+        (or the task is terminal and the caller has seen everything).
+        """
+        state = await self._state(task_id)
+        if state is None:
+            return None
+        cond = self._condition(task_id)
+
+        def ready() -> bool:
+            return state.seq > after_seq or state.status.terminal
+
+        async with cond:
+            try:
+                await asyncio.wait_for(cond.wait_for(ready), timeout_s)
+            except TimeoutError:
+                pass
+        return state.events_after(after_seq)
+
+    async def ping(self) -> bool:
+        return True
+
+    # ---------------------------------------------------------------- internals
+
+    async def _state(self, task_id: str) -> TaskProgressState | None:
+        state = self._states.get(task_id)
+        if state is not None:
+            return state
+        row = await asyncio.to_thread(repository.get_task, self._db, task_id=task_id)
+        if row is None:
+            return None
+        return self._states.setdefault(task_id, state_from_row(row))
+
+    def _condition(self, task_id: str) -> asyncio.Condition:
+        return self._changed.setdefault(task_id, asyncio.Condition())
+
+    async def _publish(self, state: TaskProgressState, event: Event | None) -> None:
+        if event is None:
+            return
+        await self._notify(state, event)
+        await self._mirror(state)
+
+    async def _notify(self, state: TaskProgressState, event: Event) -> None:
+        cond = self._condition(state.task_id)
+        async with cond:
+            cond.notify_all()
+
+    async def _mirror(self, state: TaskProgressState) -> None:
+        now = time.monotonic()
+        last_at, last_stage = self._mirrored.get(state.task_id, (-float("inf"), None))
+        if state.stage == last_stage and now - last_at < self._mirror_interval:
+            return
+        self._mirrored[state.task_id] = (now, state.stage)
+        try:
+            await asyncio.to_thread(
+                repository.update_progress,
+                self._db,
+                task_id=state.task_id,
+                stage=state.stage,
+                percentage=state.percentage,
+                seq=state.seq,
+                message=state.message,
+            )
+        except Exception:
+            logger.exception("progress mirror write failed", extra={"task_id": state.task_id})
+
+    def _evict_finished(self) -> None:
+        horizon = time.monotonic() - self._retain
+        for task_id in [
+            t for t, s in self._states.items() if s.finished_at is not None and s.finished_at < horizon
+        ]:
+            self._states.pop(task_id, None)
+            self._changed.pop(task_id, None)
+            self._mirrored.pop(task_id, None)
+
+
+def get_or_create_tracker(app_name: str, database_url: str, *, mirror_interval_s: float = 1.0) -> Any:
+    """The app's tracker actor: detached (outlives any replica) and restarted on failure."""
+    actor_cls = ray.remote(ProgressTracker)
+    return actor_cls.options(  # type: ignore[attr-defined]
+        name=tracker_name(app_name),
+        namespace=TRACKER_NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        max_restarts=-1,
+        max_task_retries=3,
+        max_concurrency=10_000,
+        num_cpus=0,
+    ).remote(database_url, mirror_interval_s=mirror_interval_s)

@@ -1,0 +1,179 @@
+"""Per-task progress state: stage plan, overall percentage, monotonic seq, bounded event log.
+
+No Ray and no I/O here, so the rules are unit-tested directly; ``ProgressTracker`` (the
+named actor in ``progress.py``) wraps one of these per task.
+
+Overall percentage: each planned stage owns a slice of 0–99 proportional to its weight
+(transcription dominates the wall time), a stage-local percentage from whisperx's
+``progress_callback`` is mapped into that slice, and 100 is reserved for completion. The
+overall figure never goes backwards, also across a re-run after an interruption.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from common.schemas import (
+    ErrorEvent,
+    ProgressEvent,
+    TaskError,
+    TaskProgressStage,
+    TaskSnapshot,
+    TaskStatus,
+)
+
+STAGE_WEIGHTS: dict[TaskProgressStage, float] = {
+    TaskProgressStage.transcribing: 0.55,
+    TaskProgressStage.aligning: 0.15,
+    TaskProgressStage.diarizing: 0.30,
+}
+IN_PROGRESS_CEILING = 99.0
+MIN_STEP = 0.1  # smaller moves of the overall figure emit no event
+
+Event = ProgressEvent | ErrorEvent
+
+
+def stage_ranges(stages: Sequence[TaskProgressStage]) -> dict[TaskProgressStage, tuple[float, float]]:
+    """Slice of the overall 0–99 range that each planned stage covers."""
+    total = sum(STAGE_WEIGHTS[s] for s in stages) or 1.0
+    ranges: dict[TaskProgressStage, tuple[float, float]] = {}
+    start = 0.0
+    for stage in stages:
+        end = start + IN_PROGRESS_CEILING * STAGE_WEIGHTS[stage] / total
+        ranges[stage] = (start, end)
+        start = end
+    return ranges
+
+
+@dataclass
+class TaskProgressState:
+    task_id: str
+    status: TaskStatus = TaskStatus.queued
+    stage: TaskProgressStage = TaskProgressStage.queued
+    percentage: float = 0.0
+    seq: int = 0
+    message: str = ""
+    eta_seconds: float | None = None
+    error: TaskError | None = None
+    stages: list[TaskProgressStage] = field(default_factory=list)
+    max_events: int = 2000
+    clock: Callable[[], float] = time.monotonic
+    events: deque[Event] = field(init=False)
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    def __post_init__(self) -> None:
+        self.events = deque(maxlen=self.max_events)
+
+    # -------------------------------------------------------------- transitions
+
+    def start(self, stages: Sequence[TaskProgressStage], attempt: int = 1) -> Event | None:
+        if self.status.terminal:
+            return None
+        self.stages = list(stages)
+        self.status = TaskStatus.processing
+        self.started_at = self.clock()
+        message = "Started" if attempt <= 1 else f"Restarted after an interruption (attempt {attempt})"
+        return self._enter(self.stages[0] if self.stages else TaskProgressStage.complete, message)
+
+    def enter_stage(self, stage: TaskProgressStage, message: str = "") -> Event | None:
+        if self.status is not TaskStatus.processing or stage not in self.stages:
+            return None
+        if self.stages.index(stage) < self._stage_index():
+            return None  # a stage never goes back
+        if stage == self.stage:
+            return None
+        return self._enter(stage, message)
+
+    def report(self, stage: TaskProgressStage, local_percentage: float, message: str = "") -> Event | None:
+        """A stage-local percentage (0–100) from inside a model deployment."""
+        if self.status is not TaskStatus.processing or stage != self.stage:
+            return None
+        lo, hi = stage_ranges(self.stages)[stage]
+        local = max(0.0, min(100.0, local_percentage))
+        overall = round(lo + (hi - lo) * local / 100.0, 1)
+        if overall < self.percentage + MIN_STEP:
+            return None
+        self.percentage = overall
+        self._update_eta()
+        return self._emit_progress(message or self.message)
+
+    def finish(self, status: TaskStatus, error: TaskError | None = None) -> Event | None:
+        if self.status.terminal:
+            return None
+        self.status = status
+        self.finished_at = self.clock()
+        self.eta_seconds = None
+        if status is TaskStatus.completed:
+            self.stage, self.percentage, self.message = TaskProgressStage.complete, 100.0, "Completed"
+            return self._emit_progress(self.message)
+        if status is TaskStatus.failed:
+            self.error = error or TaskError(code="internal", user_message="The task failed.")
+            self.message = self.error.user_message
+            self.seq += 1
+            event = ErrorEvent(
+                task_id=self.task_id,
+                seq=self.seq,
+                error_code=self.error.code,
+                user_message=self.error.user_message,
+                technical_detail=self.error.technical_detail,
+            )
+            self.events.append(event)
+            return event
+        self.message = "Cancelled"
+        return self._emit_progress(self.message)
+
+    # -------------------------------------------------------------- reading
+
+    def events_after(self, seq: int) -> list[Event]:
+        return [e for e in self.events if e.seq > seq]
+
+    def snapshot(self) -> TaskSnapshot:
+        return TaskSnapshot(
+            task_id=self.task_id,
+            seq=self.seq,
+            status=self.status,
+            stage=self.stage,
+            percentage=self.percentage,
+            message=self.message,
+            eta_seconds=self.eta_seconds,
+            error=self.error,
+        )
+
+    # -------------------------------------------------------------- internals
+
+    def _stage_index(self) -> int:
+        return self.stages.index(self.stage) if self.stage in self.stages else -1
+
+    def _enter(self, stage: TaskProgressStage, message: str) -> Event:
+        self.stage = stage
+        if stage in self.stages:
+            lo, _ = stage_ranges(self.stages)[stage]
+            self.percentage = max(self.percentage, round(lo, 1))
+        self._update_eta()
+        return self._emit_progress(message or stage.value.capitalize())
+
+    def _update_eta(self) -> None:
+        if self.started_at is None or self.percentage < 1.0:
+            self.eta_seconds = None
+            return
+        elapsed = self.clock() - self.started_at
+        self.eta_seconds = round(elapsed * (100.0 - self.percentage) / self.percentage, 1)
+
+    def _emit_progress(self, message: str) -> ProgressEvent:
+        self.message = message
+        self.seq += 1
+        event = ProgressEvent(
+            task_id=self.task_id,
+            seq=self.seq,
+            status=self.status,
+            stage=self.stage,
+            percentage=self.percentage,
+            message=message,
+            eta_seconds=self.eta_seconds,
+        )
+        self.events.append(event)
+        return event

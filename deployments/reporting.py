@@ -1,0 +1,78 @@
+"""Turn whisperx/pyannote ``progress_callback`` percentages into ProgressTracker calls.
+
+Engines take a plain ``Callable[[float], None]``; deployments build one of these so the
+engines never import Ray. Calls are fire-and-forget and rate-limited, so a callback firing
+per VAD chunk cannot flood the actor.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from common.schemas import TaskProgressStage
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[float], None]
+
+TRACKER_NAMESPACE = "whisperx_serve"
+
+
+def tracker_name(app_name: str) -> str:
+    return f"{app_name}-progress"
+
+
+class StageReporter:
+    """Reports one stage's local percentage (0–100) of one task to the tracker actor."""
+
+    def __init__(
+        self,
+        tracker: Any,
+        task_id: str,
+        stage: TaskProgressStage,
+        *,
+        min_interval_s: float = 0.2,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._tracker = tracker
+        self._task_id = task_id
+        self._stage = stage
+        self._min_interval = min_interval_s
+        self._clock = clock
+        self._last_sent = -float("inf")
+        self._last_pct = -1.0
+        self._lock = threading.Lock()
+
+    def __call__(self, percentage: float) -> None:
+        pct = max(0.0, min(100.0, float(percentage)))
+        with self._lock:
+            now = self._clock()
+            if pct <= self._last_pct:
+                return
+            if pct < 100.0 and now - self._last_sent < self._min_interval:
+                return
+            self._last_sent, self._last_pct = now, pct
+        try:
+            self._tracker.report.remote(self._task_id, self._stage.value, pct)
+        except Exception:  # progress must never break inference
+            logger.warning("progress report failed", extra={"task_id": self._task_id}, exc_info=True)
+
+
+def stage_reporter(
+    app_name: str | None, task_id: str | None, stage: TaskProgressStage
+) -> ProgressCallback | None:
+    """A reporter for ``task_id``'s ``stage``, or ``None`` outside a task (single-stage calls)."""
+    if not app_name or not task_id:
+        return None
+    import ray
+
+    try:
+        tracker = ray.get_actor(tracker_name(app_name), namespace=TRACKER_NAMESPACE)
+    except ValueError:
+        logger.warning("progress tracker %s not found", tracker_name(app_name), extra={"task_id": task_id})
+        return None
+    return StageReporter(tracker, task_id, stage)

@@ -1,0 +1,170 @@
+"""TaskRunner: takes accepted tasks from the durable queue (the tasks table) and runs them.
+
+Work lives here, not in the ingress, so a redeploy or crash of an ingress replica never
+strands a task. A runner claims a task under a lease it keeps renewing; if the runner dies,
+the lease runs out and any runner (a restarted replica included) claims the task again.
+After ``max_attempts`` interrupted runs the task is failed with a clear error instead.
+The ingress wakes the runner with ``notify()`` when it accepts a task; a slow periodic
+scan is only the safety net.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+
+from common.config import RunnerConfig
+from common.errors import TaskInterruptedError
+from common.schemas import TaskError, TaskParams, TaskStatus
+from common.settings import Settings
+from deployments.audio import decode_audio
+from deployments.clients import AlignClient, AsrClient, DiarizeClient, ProgressClient
+from deployments.pipeline import TaskInput, TaskPipeline
+from deployments.progress import get_or_create_tracker
+from storage import repository
+from storage.db import Database, migrate
+
+logger = logging.getLogger(__name__)
+
+
+@serve.deployment(name="TaskRunner", max_ongoing_requests=1000)
+class TaskRunner:
+    async def __init__(
+        self,
+        asr: Any,
+        alignment: Any,
+        diarization: Any,
+        *,
+        app_name: str,
+        config: RunnerConfig,
+        default_language: str | None = None,
+    ) -> None:
+        settings = Settings()
+        url = settings.resolved_database_url()
+        await asyncio.to_thread(migrate, url)
+        self._db = Database(url)
+        self._config = config
+        self._worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._progress = ProgressClient(
+            get_or_create_tracker(
+                app_name, url, mirror_interval_s=config.db_mirror_interval_seconds
+            )
+        )
+        self._pipeline = TaskPipeline(
+            asr=AsrClient(asr),
+            align=AlignClient(alignment),
+            diarize=DiarizeClient(diarization),
+            progress=self._progress,
+            decode=decode_audio,
+            default_language=default_language,
+        )
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._claim_loop = asyncio.create_task(self._claim_forever())
+        self._lease_loop = asyncio.create_task(self._renew_forever())
+        logger.info("task runner %s started", self._worker_id)
+
+    async def notify(self) -> None:
+        self._wake.set()
+
+    async def inflight(self) -> list[str]:
+        return sorted(self._inflight)
+
+    def check_health(self) -> None:
+        for loop in (self._claim_loop, self._lease_loop):
+            if loop.done():
+                raise RuntimeError(f"runner loop stopped: {loop.exception() if not loop.cancelled() else 'cancelled'}")
+
+    # ------------------------------------------------------------------ loops
+
+    async def _claim_forever(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self._claim_once()
+            except Exception:
+                logger.exception("claiming tasks failed; retrying")
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._config.poll_interval_seconds)
+            except TimeoutError:
+                pass
+
+    async def _claim_once(self) -> None:
+        free = self._config.max_concurrent_tasks - len(self._inflight)
+        if free <= 0:
+            return
+        rows = await asyncio.to_thread(
+            repository.claim_tasks,
+            self._db,
+            worker_id=self._worker_id,
+            limit=free,
+            lease_seconds=self._config.lease_seconds,
+        )
+        for row in rows:
+            self._inflight[row.id] = asyncio.create_task(self._run(row))
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.lease_seconds / 3)
+            if not self._inflight:
+                continue
+            try:
+                held = await asyncio.to_thread(
+                    repository.renew_leases,
+                    self._db,
+                    worker_id=self._worker_id,
+                    task_ids=list(self._inflight),
+                    lease_seconds=self._config.lease_seconds,
+                )
+            except Exception:
+                logger.exception("renewing leases failed")
+                continue
+            for task_id in set(self._inflight) - held:
+                logger.warning("lost the lease on task %s; stopping it", task_id, extra={"task_id": task_id})
+                self._inflight[task_id].cancel()
+
+    # ------------------------------------------------------------------ one task
+
+    async def _run(self, row: Any) -> None:
+        task_id = row.id
+        try:
+            if row.attempts > self._config.max_attempts:
+                err = TaskInterruptedError(
+                    "Processing was interrupted repeatedly and the task was not completed. "
+                    "Please submit it again.",
+                    f"runner lost the task {row.attempts - 1} times (max_attempts={self._config.max_attempts})",
+                )
+                await self._progress.finish(task_id, TaskStatus.failed, error=TaskError.from_exception(err))
+                return
+            queued = (datetime.now(UTC) - row.created_at).total_seconds() if row.attempts == 1 else None
+            outcome = await self._pipeline.run(
+                TaskInput(
+                    task_id=task_id,
+                    audio_path=Path(row.audio_path),
+                    params=TaskParams.model_validate(row.params),
+                    attempt=row.attempts,
+                    queued_seconds=round(queued, 3) if queued is not None else None,
+                )
+            )
+            if outcome.duration_s is not None:
+                await asyncio.to_thread(
+                    repository.set_audio_duration, self._db, task_id=task_id, duration=outcome.duration_s
+                )
+            logger.info("task %s %s", task_id, outcome.status.value, extra={"task_id": task_id})
+        except asyncio.CancelledError:
+            logger.warning("task %s stopped", task_id, extra={"task_id": task_id})
+        except Exception:
+            # The tracker or database failed while finishing; the lease will run out and
+            # the task is claimed again rather than left `processing` forever.
+            logger.exception("task %s could not be finished", task_id, extra={"task_id": task_id})
+        finally:
+            self._inflight.pop(task_id, None)
+            self._wake.set()

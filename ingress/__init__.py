@@ -1,0 +1,1 @@
+"""HTTP/WebSocket ingress: validation, task creation, progress streaming, error mapping."""

@@ -1,0 +1,80 @@
+"""The FastAPI application and the Serve ingress deployment that hosts it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from fastapi import FastAPI
+from ray import serve
+
+from common.config import IngressConfig
+from common.settings import Settings
+from deployments.clients import ProgressClient, RunnerClient
+from deployments.progress import get_or_create_tracker
+from ingress.errors import install_error_handlers
+from ingress.routes import health, tasks
+from ingress.services import IngressServices
+from ingress.ws import router as ws_router
+from storage.db import Database, migrate
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """
+WhisperX speech-to-text as a Ray Serve deployment graph: Whisper ASR, wav2vec2 word
+alignment and pyannote speaker diarization, each its own deployment.
+
+Submit audio with `POST /speech-to-text`; follow the task over `WS /ws/tasks/{identifier}`
+(snapshot, then events with a per-task `seq`, then a normal close) or poll
+`GET /tasks/{identifier}/progress`; read the result with `GET /task/{identifier}`.
+"""
+
+
+def create_app(services: IngressServices) -> FastAPI:
+    app = FastAPI(title="whisperx-serve", version="0.1.0", description=DESCRIPTION)
+    app.state.services = services
+    install_error_handlers(app)
+    app.include_router(tasks.router)
+    app.include_router(health.router)
+    app.include_router(ws_router)
+    return app
+
+
+async def serve_deployment_statuses(app_name: str) -> dict[str, str]:
+    """Each deployment of this app: "ok" when HEALTHY, else its status and message."""
+    status = await asyncio.to_thread(serve.status)
+    app_status = status.applications.get(app_name)
+    if app_status is None:
+        return {"application": f"application {app_name!r} not found"}
+    result: dict[str, str] = {}
+    for name, dep in app_status.deployments.items():
+        healthy = dep.status.value == "HEALTHY"
+        result[f"deployment:{name}"] = "ok" if healthy else f"{dep.status.value}: {dep.message}"[:200]
+    return result
+
+
+@serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=1000)
+@serve.ingress()
+class Ingress:
+    async def __init__(self, runner: Any, *, app_name: str, config: IngressConfig) -> None:
+        settings = Settings()
+        url = settings.resolved_database_url()
+        await asyncio.to_thread(migrate, url)
+        settings.upload_dir().mkdir(parents=True, exist_ok=True)
+        serve_app_name = serve.get_replica_context().app_name
+
+        async def deployments_ready() -> dict[str, str]:
+            return await serve_deployment_statuses(serve_app_name)
+
+        self._services = IngressServices(
+            settings=settings,
+            config=config,
+            db=Database(url),
+            progress=ProgressClient(get_or_create_tracker(app_name, url)),
+            runner=RunnerClient(runner),
+            deployments_ready=deployments_ready,
+        )
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return create_app(self._services)

@@ -1,0 +1,86 @@
+"""``build_app``: validated application arguments in, the deployment graph out.
+
+serve_config.yaml points ``import_path`` here and passes ``args``; the same code serves a
+laptop (CPU, offline model folder) and a GPU cluster (fractional GPUs, hub models).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from ray.serve import Application
+
+from common.config import AppArgs, AsrConfig, Resources
+from common.errors import ConfigurationError
+
+logger = logging.getLogger(__name__)
+
+
+def _actor_options(resources: Resources) -> dict[str, Any]:
+    return {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus}
+
+
+def _check_gpus(args: AppArgs) -> None:
+    """Fail loudly, not hang: a GPU request on a cluster without GPUs never schedules."""
+    wanted = {
+        name: cfg.resources.num_gpus
+        for name, cfg in (("asr", args.asr), ("alignment", args.alignment), ("diarization", args.diarization))
+        if cfg.resources.num_gpus > 0
+    }
+    if not wanted or args.allow_pending_gpus:
+        return
+    import ray
+
+    gpus = ray.cluster_resources().get("GPU", 0.0) if ray.is_initialized() else 0.0
+    if gpus <= 0:
+        raise ConfigurationError(
+            "This configuration asks for GPUs but the Ray cluster has none. Use a CPU "
+            "configuration (serve_config.local.yaml, or device: cpu with num_gpus: 0), or set "
+            "allow_pending_gpus: true on an autoscaling cluster that will add GPU nodes.",
+            f"requested GPUs {wanted}; cluster GPU resources: {gpus}",
+        )
+
+
+def default_language(asr: AsrConfig) -> str | None:
+    """English-only Whisper models (``*.en``) always transcribe English."""
+    return asr.language or ("en" if asr.model.rstrip("/").endswith(".en") else None)
+
+
+def build_app(raw_args: dict[str, Any]) -> Application:
+    from deployments.alignment import AlignmentDeployment
+    from deployments.asr import AsrDeployment
+    from deployments.diarization import DiarizationDeployment
+    from deployments.runner import TaskRunner
+    from ingress.app import Ingress
+
+    args = AppArgs.model_validate(raw_args)
+    models_dir = os.environ.get("WHISPERX_SERVE_MODELS_DIR") or args.models_dir
+    models_path = Path(models_dir).expanduser().resolve() if models_dir else None
+    if models_path is not None and not models_path.is_dir():
+        raise ConfigurationError(
+            f"The model directory {models_path} does not exist.", f"models_dir={models_path}"
+        )
+    _check_gpus(args)
+
+    name = args.name
+    asr = AsrDeployment.options(ray_actor_options=_actor_options(args.asr.resources)).bind(
+        args.asr, app_name=name, models_dir=models_path
+    )
+    alignment = AlignmentDeployment.options(
+        ray_actor_options=_actor_options(args.alignment.resources)
+    ).bind(args.alignment, app_name=name, models_dir=models_path)
+    diarization = DiarizationDeployment.options(
+        ray_actor_options=_actor_options(args.diarization.resources)
+    ).bind(args.diarization, app_name=name, models_dir=models_path)
+    runner = TaskRunner.options(ray_actor_options={"num_cpus": 0.1}).bind(
+        asr,
+        alignment,
+        diarization,
+        app_name=name,
+        config=args.runner,
+        default_language=default_language(args.asr),
+    )
+    return Ingress.bind(runner, app_name=name, config=args.ingress)  # type: ignore[no-any-return]

@@ -1,0 +1,61 @@
+"""One mapping from errors to HTTP responses, keyed on ServiceError.status_code."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from common.errors import InvalidRequestError, ServiceError, as_service_error, one_line
+
+logger = logging.getLogger(__name__)
+
+
+class ErrorResponse(BaseModel):
+    """Body of every error response."""
+
+    error_code: str
+    user_message: str
+    technical_detail: str = ""
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, object]]:
+    """OpenAPI ``responses=`` entry documenting the error body for ``codes``."""
+    return {code: {"model": ErrorResponse} for code in codes}
+
+
+def response_for(exc: BaseException) -> JSONResponse:
+    err = as_service_error(exc)
+    if err.status_code >= 500:
+        logger.error("request failed: %s", err, exc_info=exc)
+    else:
+        logger.warning("request rejected: %s", err)
+    body = ErrorResponse(
+        error_code=err.code, user_message=err.user_message, technical_detail=err.technical_detail
+    )
+    return JSONResponse(status_code=err.status_code, content=body.model_dump())
+
+
+def _validation_message(exc: RequestValidationError) -> InvalidRequestError:
+    parts = []
+    for e in exc.errors():
+        loc = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path"))
+        parts.append(f"{loc}: {e.get('msg', 'invalid')}" if loc else str(e.get("msg", "invalid")))
+    detail = one_line("; ".join(parts))
+    return InvalidRequestError(f"Invalid request: {detail}", detail)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_service_error(_: Request, exc: Exception) -> JSONResponse:
+        return response_for(exc)
+
+    async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return response_for(_validation_message(exc))
+
+    app.add_exception_handler(ServiceError, on_service_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(Exception, on_service_error)

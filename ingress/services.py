@@ -1,0 +1,48 @@
+"""What the routes need, gathered once per ingress replica and reached through Depends."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Protocol
+
+from fastapi import Depends, Request
+
+from common.config import IngressConfig
+from common.schemas import TaskSnapshot
+from common.settings import Settings
+from deployments.progress_state import Event
+from storage.db import Database
+
+
+class ProgressReader(Protocol):
+    async def snapshot(self, task_id: str) -> TaskSnapshot | None: ...
+    async def events_after(self, task_id: str, after_seq: int, timeout_s: float) -> list[Event] | None: ...
+    async def ping(self) -> bool: ...
+
+
+class Notifier(Protocol):
+    def notify(self) -> None: ...
+
+
+ReadinessCheck = Callable[[], Awaitable[dict[str, str]]]
+"""Returns {component: "ok" | problem}; the ingress adds the database and tracker checks."""
+
+
+@dataclass
+class IngressServices:
+    settings: Settings
+    config: IngressConfig
+    db: Database
+    progress: ProgressReader
+    runner: Notifier
+    deployments_ready: ReadinessCheck
+    ws_wait_seconds: float = 20.0
+
+
+def get_services(request: Request) -> IngressServices:
+    services: IngressServices = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[IngressServices, Depends(get_services)]

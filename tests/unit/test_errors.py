@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from common import errors
+from common.errors import ServiceError, as_service_error, one_line
+
+ALL = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, ServiceError)]
+
+
+@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
+def test_every_error_pickles_with_type_and_fields(cls: type[ServiceError]) -> None:
+    exc = cls("User message.", "Detail: x")
+    back = pickle.loads(pickle.dumps(exc))
+    assert type(back) is cls
+    assert (back.user_message, back.technical_detail, back.code, back.status_code) == (
+        "User message.", "Detail: x", cls.code, cls.status_code
+    )
+
+
+def test_codes_are_unique() -> None:
+    codes = [c.code for c in ALL]
+    assert len(codes) == len(set(codes))
+
+
+def test_technical_detail_is_one_line_and_redacted() -> None:
+    detail = one_line("Traceback:\n  line 1\n token=hf_abcdefghijklmnop postgresql://u:secret@h/db")
+    assert "\n" not in detail
+    assert "secret" not in detail and "hf_abcdefghijklmnop" not in detail
+
+
+def test_unknown_exception_maps_to_500() -> None:
+    err = as_service_error(ValueError("bad"))
+    assert err.status_code == 500 and err.code == "processing_failed"
+    assert err.technical_detail == "ValueError: bad"

@@ -1,0 +1,209 @@
+"""Ingress routes through ASGI with real SQLite storage and a fake progress tracker."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+
+from common.config import IngressConfig
+from common.schemas import TaskError, TaskProgressStage, TaskSnapshot, TaskStatus
+from common.settings import Settings
+from deployments.progress_state import Event, TaskProgressState
+from ingress.app import create_app
+from ingress.services import IngressServices
+from storage import repository
+from storage.db import Database, migrate
+
+T = TaskProgressStage.transcribing
+
+
+class FakeTracker:
+    """In-memory stand-in for the ProgressTracker actor, backed by the same state class."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.states: dict[str, TaskProgressState] = {}
+        self.changed = asyncio.Event()
+
+    def state(self, task_id: str) -> TaskProgressState | None:
+        if task_id not in self.states and repository.get_task(self.db, task_id=task_id) is not None:
+            self.states[task_id] = TaskProgressState(task_id=task_id)
+        return self.states.get(task_id)
+
+    async def snapshot(self, task_id: str) -> TaskSnapshot | None:
+        state = self.state(task_id)
+        return state.snapshot() if state else None
+
+    async def events_after(self, task_id: str, after_seq: int, timeout_s: float) -> list[Event] | None:
+        state = self.state(task_id)
+        if state is None:
+            return None
+        if state.seq <= after_seq and not state.status.terminal:
+            self.changed.clear()
+            try:
+                await asyncio.wait_for(self.changed.wait(), timeout_s)
+            except TimeoutError:
+                pass
+        return state.events_after(after_seq)
+
+    async def ping(self) -> bool:
+        return True
+
+
+class Notifier:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def notify(self) -> None:
+        self.count += 1
+
+
+@pytest.fixture
+def services(tmp_path: Path) -> IngressServices:
+    settings = Settings(data_dir=tmp_path)
+    url = settings.resolved_database_url()
+    migrate(url)
+    db = Database(url)
+
+    async def ready() -> dict[str, str]:
+        return {"deployment:AsrDeployment": "ok"}
+
+    return IngressServices(
+        settings=settings,
+        config=IngressConfig(max_upload_bytes=4 * 1024 * 1024),
+        db=db,
+        progress=FakeTracker(db),
+        runner=Notifier(),
+        deployments_ready=ready,
+        ws_wait_seconds=0.5,
+    )
+
+
+@pytest.fixture
+async def client(services: IngressServices) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=create_app(services))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        yield c
+
+
+async def submit(client: httpx.AsyncClient, data: bytes, name: str = "a.flac", **params: object) -> httpx.Response:
+    return await client.post("/speech-to-text", params=params, files={"file": (name, data)})
+
+
+async def test_upload_queues_task_and_wakes_runner(
+    client: httpx.AsyncClient, services: IngressServices, jfk_path: Path
+) -> None:
+    r = await submit(client, jfk_path.read_bytes(), min_speakers=1, max_speakers=2)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] == "queued" and body["websocket_url"] == f"/ws/tasks/{body['identifier']}"
+    assert services.runner.count == 1  # type: ignore[attr-defined]
+    task = (await client.get(f"/task/{body['identifier']}")).json()
+    assert task["status"] == "queued" and task["params"]["max_speakers"] == 2
+    assert task["audio_duration"] == pytest.approx(11.0, abs=0.1)
+    stored = list(services.settings.upload_dir().iterdir())
+    assert [p.name for p in stored] == [f"{body['identifier']}.flac"]
+
+
+async def test_hostile_filename_never_becomes_a_path(
+    client: httpx.AsyncClient, services: IngressServices, jfk_path: Path
+) -> None:
+    r = await submit(client, jfk_path.read_bytes(), name="../../etc/passwd\x00.flac")
+    assert r.status_code == 200, r.text
+    task = (await client.get(f"/task/{r.json()['identifier']}")).json()
+    assert "/" not in task["file_name"]
+    assert all(p.parent == services.settings.upload_dir() for p in services.settings.upload_dir().iterdir())
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [(b"", "empty_upload"), (b"this is not audio at all" * 100, "invalid_audio")],
+    ids=["empty", "non-audio"],
+)
+async def test_bad_files_are_422_and_not_stored(
+    client: httpx.AsyncClient, services: IngressServices, data: bytes, code: str
+) -> None:
+    r = await submit(client, data)
+    assert r.status_code == 422, r.text
+    assert r.json()["error_code"] == code and r.json()["user_message"]
+    assert not list(services.settings.upload_dir().glob("*"))
+    assert repository.list_tasks(services.db) == []
+
+
+async def test_oversize_upload_is_413(client: httpx.AsyncClient, services: IngressServices) -> None:
+    r = await submit(client, b"\0" * (5 * 1024 * 1024))
+    assert r.status_code == 413 and r.json()["error_code"] == "upload_too_large"
+    assert not list(services.settings.upload_dir().glob("*"))
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"min_speakers": 3, "max_speakers": 2}, {"task": "dance"}, {"beam_size": 0}, {"vad_onset": 2}],
+    ids=["min>max", "task", "beam", "vad"],
+)
+async def test_bad_parameters_are_422(client: httpx.AsyncClient, jfk_path: Path, params: dict[str, object]) -> None:
+    r = await submit(client, jfk_path.read_bytes(), **params)
+    assert r.status_code == 422, r.text
+    assert r.json()["error_code"] == "invalid_request"
+
+
+async def test_unknown_task_is_404_everywhere(client: httpx.AsyncClient) -> None:
+    for url in ("/task/nope", "/tasks/nope/progress"):
+        r = await client.get(url)
+        assert r.status_code == 404 and r.json()["error_code"] == "task_not_found"
+
+
+async def test_progress_polling_reads_tracker(client: httpx.AsyncClient, services: IngressServices, jfk_path: Path) -> None:
+    task_id = (await submit(client, jfk_path.read_bytes())).json()["identifier"]
+    state = services.progress.state(task_id)  # type: ignore[attr-defined]
+    state.start([T])
+    state.report(T, 50)
+    r = await client.get(f"/tasks/{task_id}/progress")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "processing" and body["progress_stage"] == "transcribing"
+    assert 0 < body["progress_percentage"] < 100
+
+
+async def test_ready_reports_components(client: httpx.AsyncClient) -> None:
+    r = await client.get("/health/ready")
+    assert r.status_code == 200, r.text
+    assert set(r.json()["checks"]) == {"database", "progress_tracker", "deployment:AsrDeployment"}
+    assert (await client.get("/health/live")).status_code == 200
+
+
+def test_websocket_snapshot_events_then_close(services: IngressServices) -> None:
+    row = repository.create_task(
+        services.db, task_id="ws1", task_type="speech-to-text", params=__import__("common.schemas").schemas.TaskParams(),
+        file_name=None, audio_path=None,
+    )
+    tracker: FakeTracker = services.progress  # type: ignore[assignment]
+    state = tracker.state(row.id)
+    assert state is not None
+    state.start([T])
+    state.report(T, 30)
+    with TestClient(create_app(services)) as tc, tc.websocket_connect("/ws/tasks/ws1?after_seq=0") as ws:
+        snap = ws.receive_json()
+        assert snap["type"] == "snapshot" and snap["seq"] == 2
+        replay = [ws.receive_json(), ws.receive_json()]
+        assert [e["seq"] for e in replay] == [1, 2]
+        state.finish(TaskStatus.failed, TaskError(code="invalid_audio", user_message="Bad.", technical_detail="x"))
+        tracker.changed.set()
+        final = ws.receive_json()
+        assert final["type"] == "error" and final["error_code"] == "invalid_audio" and final["seq"] == 3
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+        assert closed.value.code == 1000
+
+
+def test_websocket_unknown_task_closes_with_4404(services: IngressServices) -> None:
+    with TestClient(create_app(services)) as tc, tc.websocket_connect("/ws/tasks/missing") as ws:
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+        assert closed.value.code == 4404

@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import pytest
+
+from common.schemas import ErrorEvent, TaskError, TaskProgressStage, TaskStatus
+from deployments.progress_state import TaskProgressState, stage_ranges
+
+T, A, D = TaskProgressStage.transcribing, TaskProgressStage.aligning, TaskProgressStage.diarizing
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def started(stages: list[TaskProgressStage]) -> TaskProgressState:
+    state = TaskProgressState(task_id="t1", clock=Clock())
+    assert state.start(stages) is not None
+    return state
+
+
+def test_stage_ranges_cover_0_to_99_in_order() -> None:
+    ranges = stage_ranges([T, A, D])
+    assert ranges[T][0] == 0.0
+    assert ranges[T][1] == pytest.approx(ranges[A][0])
+    assert ranges[A][1] == pytest.approx(ranges[D][0])
+    assert ranges[D][1] == pytest.approx(99.0)
+
+
+def test_skipped_stage_has_no_range() -> None:
+    ranges = stage_ranges([T, D])
+    assert A not in ranges
+    assert ranges[D][1] == pytest.approx(99.0)
+
+
+def test_callback_percentages_map_into_stage_range() -> None:
+    state = started([T, A, D])
+    lo, hi = stage_ranges([T, A, D])[T]
+    event = state.report(T, 50.0)
+    assert event is not None
+    assert event.percentage == pytest.approx(round(lo + (hi - lo) / 2, 1))
+    assert event.stage is T
+
+
+def test_percentage_never_goes_backwards() -> None:
+    state = started([T, D])
+    assert state.report(T, 80.0) is not None
+    assert state.report(T, 40.0) is None
+    assert state.enter_stage(D) is not None
+    before = state.percentage
+    assert state.report(T, 100.0) is None  # late report of a finished stage
+    assert state.percentage == before
+
+
+def test_stages_only_move_forward_and_only_planned() -> None:
+    state = started([T, D])
+    assert state.enter_stage(A) is None  # not planned
+    assert state.enter_stage(D) is not None
+    assert state.enter_stage(T) is None
+
+
+def test_seq_is_gapless_and_log_replays() -> None:
+    state = started([T, A, D])
+    for pct in (10, 20, 30):
+        state.report(T, pct)
+    state.enter_stage(A)
+    state.enter_stage(D)
+    state.finish(TaskStatus.completed)
+    seqs = [e.seq for e in state.events_after(0)]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert [e.seq for e in state.events_after(3)] == seqs[3:]
+    last = state.events_after(0)[-1]
+    assert last.status is TaskStatus.completed and last.percentage == 100.0
+
+
+def test_failure_emits_error_event_with_codes() -> None:
+    state = started([T])
+    event = state.finish(
+        TaskStatus.failed, TaskError(code="invalid_audio", user_message="Bad audio.", technical_detail="x")
+    )
+    assert isinstance(event, ErrorEvent)
+    assert (event.error_code, event.user_message, event.technical_detail) == ("invalid_audio", "Bad audio.", "x")
+    assert state.finish(TaskStatus.completed) is None  # terminal is final
+    assert state.report(T, 99) is None
+
+
+def test_restart_keeps_percentage_and_seq() -> None:
+    state = started([T, D])
+    state.report(T, 50)
+    pct, seq = state.percentage, state.seq
+    event = state.start([T, D], attempt=2)
+    assert event is not None and event.seq == seq + 1
+    assert event.percentage == pct
+    assert "attempt 2" in event.message
+
+
+def test_eta_from_elapsed_time() -> None:
+    clock = Clock()
+    state = TaskProgressState(task_id="t", clock=clock)
+    state.start([T])
+    clock.now = 10.0
+    event = state.report(T, 50)
+    assert event is not None and event.eta_seconds is not None
+    assert event.eta_seconds == pytest.approx(10.0 * (100 - event.percentage) / event.percentage, abs=0.1)
+
+
+def test_small_moves_emit_nothing() -> None:
+    state = started([T])
+    assert state.report(T, 10.0) is not None
+    assert state.report(T, 10.05) is None
