@@ -1,0 +1,115 @@
+"""One real local Ray cluster and one deployed app for the whole integration tier.
+
+The app runs the real bundle models on CPU against the local PostgreSQL server (a fresh
+schema per session), with a random-init tiny wav2vec2 so the alignment code path runs.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from tests.waiting import wait_until
+
+PG_BASE = os.environ.get(
+    "WHISPERX_SERVE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+APP = "whisperx-it"
+
+
+@dataclass
+class Service:
+    base_url: str
+    ws_url: str
+    database_url: str
+    data_dir: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def pg_schema_url() -> Iterator[str]:
+    schema = f"it_{uuid.uuid4().hex[:10]}"
+    engine = sa.create_engine(PG_BASE)
+    with engine.begin() as conn:  # fails loudly if PostgreSQL is down: these tests must run
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    yield f"{PG_BASE}?options=-csearch_path%3D{schema}"
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def tiny_aligner(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.fixtures_models import build_tiny_wav2vec2
+
+    return build_tiny_wav2vec2(tmp_path_factory.mktemp("tiny-wav2vec2"))
+
+
+@pytest.fixture(scope="session")
+def service(
+    tmp_path_factory: pytest.TempPathFactory, pg_schema_url: str, models_dir: Path, tiny_aligner: Path
+) -> Iterator[Service]:
+    import ray
+    from ray import serve
+
+    from ingress.builder import build_app
+
+    data_dir = tmp_path_factory.mktemp("data")
+    env = {
+        "WHISPERX_SERVE_DATA_DIR": str(data_dir),
+        "WHISPERX_SERVE_DATABASE_URL": pg_schema_url,
+        "PYANNOTE_METRICS_ENABLED": "0",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    os.environ.update(env)
+    ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env})
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = {
+        "name": APP,
+        "models_dir": str(models_dir),
+        "asr": {
+            "model": "asr/faster-whisper-tiny.en",
+            "compute_type": "int8",
+            "batch_size": 4,
+            "local_files_only": True,
+            "resources": {"num_cpus": 0.25},
+        },
+        "alignment": {
+            "models": {"en": str(tiny_aligner)},
+            "use_default_models": False,
+            "nltk_data": "nltk_data",
+            "resources": {"num_cpus": 0.25},
+        },
+        "diarization": {
+            "pipeline": None,
+            "segmentation": "diarization/segmentation-3.0",
+            "embedding": "diarization/campplus-cn-en-common/campplus_cn_en_common.pt",
+            "resources": {"num_cpus": 0.25},
+        },
+        "runner": {"max_concurrent_tasks": 2, "lease_seconds": 8, "poll_interval_seconds": 1},
+    }
+    serve.run(build_app(args), name=APP, route_prefix="/")
+    base = f"http://127.0.0.1:{port}"
+    wait_until(
+        lambda: httpx.get(f"{base}/health/ready", timeout=5).status_code == 200,
+        timeout=300,
+        what="/health/ready",
+    )
+    yield Service(base, f"ws://127.0.0.1:{port}", pg_schema_url, data_dir)
+    serve.shutdown()
+    ray.shutdown()

@@ -1,0 +1,162 @@
+"""The deployed graph on a real local Ray with the real bundle models, over HTTP and WS."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from storage import repository
+from storage.db import Database
+from tests.conftest import normalise
+from tests.integration.conftest import APP, Service
+from tests.streams import assert_well_ordered, collect, submit
+from tests.waiting import wait_until
+
+PHRASE = "ask not what your country can do for you"
+
+
+def sample_wav() -> Path:
+    """pyannote's two-speaker sample (importing pyannote.audio.sample would decode it)."""
+    import pyannote.audio
+
+    return Path(pyannote.audio.__file__).parent / "sample" / "sample.wav"
+
+
+def task(service: Service, task_id: str) -> dict:  # type: ignore[type-arg]
+    r = httpx.get(f"{service.base_url}/task/{task_id}", timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+async def test_jfk_end_to_end_with_live_progress(service: Service, jfk_path: Path) -> None:
+    task_id = submit(service.base_url, jfk_path, min_speakers=1, max_speakers=2)
+    stream = await collect(service.ws_url, task_id, after_seq=0)
+    assert stream.snapshot["type"] == "snapshot" and stream.snapshot["task_id"] == task_id
+    assert_well_ordered(stream)
+    stages = [e["stage"] for e in stream.events]
+    assert stages.index("transcribing") < stages.index("aligning") < stages.index("diarizing")
+    assert stream.events[-1]["stage"] == "complete" and stream.events[-1]["percentage"] == 100
+    in_stage = [e for e in stream.events if e["stage"] == "transcribing"]
+    assert len(in_stage) >= 2, "no fine-grained progress inside transcription"
+
+    body = task(service, task_id)
+    assert body["status"] == "completed"
+    result = body["result"]
+    assert PHRASE in normalise(" ".join(s["text"] for s in result["segments"]))
+    assert result["word_timestamps"] == "wav2vec2"  # the random tiny aligner: path only
+    assert result["speakers"] == ["SPEAKER_00"]
+    assert all(s["speaker"] == "SPEAKER_00" for s in result["segments"])
+    assert any(w.get("start") is not None for s in result["segments"] for w in s["words"])
+    assert body["timings"]["transcribing"] > 0 and body["audio_duration"] == pytest.approx(11.0, abs=0.1)
+
+    row = repository.get_task(Database(service.database_url), task_id=task_id)
+    assert row is not None and row.status == "completed"
+    assert (row.progress_percentage, row.progress_stage) == (100.0, "complete")
+    assert row.progress_seq == stream.events[-1]["seq"]
+
+
+async def test_two_speaker_sample_diarizes_into_two(service: Service) -> None:
+    task_id = submit(service.base_url, sample_wav(), align="false")
+    stream = await collect(service.ws_url, task_id, after_seq=0)
+    assert_well_ordered(stream)
+    assert "aligning" not in {e["stage"] for e in stream.events}  # skipped stage, skipped in progress
+    result = task(service, task_id)["result"]
+    assert len(result["speakers"]) == 2
+    assert {t["speaker"] for t in result["speaker_turns"]} == set(result["speakers"])
+
+
+async def test_failure_inside_task_streams_error_event(service: Service, jfk_path: Path) -> None:
+    task_id = submit(service.base_url, jfk_path, language="fr")  # tiny.en cannot do French
+    stream = await collect(service.ws_url, task_id, after_seq=0)
+    assert_well_ordered(stream)
+    error = stream.events[-1]
+    assert error["type"] == "error" and error["error_code"] == "invalid_request"
+    assert error["user_message"] and error["technical_detail"] and "\n" not in error["technical_detail"]
+    progress = httpx.get(f"{service.base_url}/tasks/{task_id}/progress", timeout=10).json()
+    assert progress["status"] == "failed" and progress["error_code"] == "invalid_request"
+    # the service is still healthy afterwards
+    assert httpx.get(f"{service.base_url}/health/ready", timeout=10).status_code == 200
+
+
+async def test_late_and_resuming_subscribers(service: Service, jfk_path: Path) -> None:
+    task_id = submit(service.base_url, jfk_path, diarize="false")
+    first = await collect(service.ws_url, task_id, after_seq=0)
+    late = await collect(service.ws_url, task_id)  # after the end: snapshot + terminal event
+    assert late.snapshot["status"] == "completed" and [e["status"] for e in late.events] == ["completed"]
+    middle = first.events[len(first.events) // 2]["seq"]
+    resumed = await collect(service.ws_url, task_id, after_seq=middle)
+    assert [e["seq"] for e in resumed.events] == [e["seq"] for e in first.events if e["seq"] > middle]
+
+
+async def test_unknown_task_ws_close_code(service: Service) -> None:
+    stream = await collect(service.ws_url, "does-not-exist")
+    assert stream.close_code == 4404 and stream.frames == []
+
+
+def _replica_pids(deployment: str) -> list[int]:
+    title = f"ServeReplica:{APP}:{deployment}"
+    return [p.pid for p in psutil.process_iter(["cmdline"]) if any(title in c for c in (p.info["cmdline"] or []))]
+
+
+def _processing(service: Service, task_id: str) -> bool:
+    row = repository.get_task(Database(service.database_url), task_id=task_id)
+    return row is not None and row.status == "processing"
+
+
+def test_task_survives_ingress_crash(service: Service, jfk_path: Path) -> None:
+    task_id = submit(service.base_url, jfk_path)
+    wait_until(lambda: _processing(service, task_id), timeout=60, what="processing")
+    pids = _replica_pids("Ingress")
+    assert pids, "ingress replica process not found"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    db = Database(service.database_url)
+    row = wait_until(
+        lambda: (r := repository.get_task(db, task_id=task_id)) is not None and r.status == "completed" and r,
+        timeout=240,
+        what="task completion after the ingress crash",
+    )
+    assert row.attempts == 1  # the runner never noticed
+    wait_until(lambda: httpx.get(f"{service.base_url}/health/ready", timeout=5).status_code == 200, timeout=120)
+
+
+def test_runner_crash_reruns_task(service: Service, jfk_path: Path) -> None:
+    task_id = submit(service.base_url, jfk_path)
+    wait_until(lambda: _processing(service, task_id), timeout=60, what="processing")
+    pids = _replica_pids("TaskRunner")
+    assert pids, "runner replica process not found"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    db = Database(service.database_url)
+    row = wait_until(
+        lambda: (r := repository.get_task(db, task_id=task_id)) is not None and r.status in ("completed", "failed") and r,
+        timeout=300,
+        what="task finished after the runner crash",
+    )
+    assert row.status == "completed" and row.attempts == 2
+    assert PHRASE in normalise(" ".join(s.text for s in row.to_public().result.segments))  # type: ignore[union-attr]
+
+
+def test_truncated_audio_ends_cleanly(service: Service, jfk_path: Path, tmp_path: Path) -> None:
+    truncated = tmp_path / "truncated.flac"
+    truncated.write_bytes(jfk_path.read_bytes()[: 64 * 1024])
+    r = httpx.post(f"{service.base_url}/speech-to-text", files={"file": ("t.flac", truncated.read_bytes())}, timeout=60)
+    if r.status_code == 422:  # rejected at upload: also a clear answer
+        assert r.json()["error_code"] == "invalid_audio"
+        return
+    task_id = r.json()["identifier"]
+    db = Database(service.database_url)
+    row = wait_until(
+        lambda: (x := repository.get_task(db, task_id=task_id)) is not None and x.status in ("completed", "failed") and x,
+        timeout=120,
+        what="truncated task to finish",
+    )
+    assert row.status == "completed" or row.error_code == "invalid_audio"
+    assert httpx.get(f"{service.base_url}/health/ready", timeout=10).status_code == 200
+    shutil.rmtree(tmp_path, ignore_errors=True)
