@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from common.config import IngressConfig
-from common.schemas import TaskError, TaskProgressStage, TaskSnapshot, TaskStatus
+from common.schemas import TaskError, TaskParams, TaskProgressStage, TaskSnapshot, TaskStatus, TaskType
 from common.settings import Settings
 from deployments.progress_state import Event, TaskProgressState
 from ingress.app import create_app
@@ -180,7 +180,7 @@ async def test_ready_reports_components(client: httpx.AsyncClient) -> None:
 
 def test_websocket_snapshot_events_then_close(services: IngressServices) -> None:
     row = repository.create_task(
-        services.db, task_id="ws1", task_type="speech-to-text", params=__import__("common.schemas").schemas.TaskParams(),
+        services.db, task_id="ws1", task_type=TaskType.speech_to_text, params=TaskParams(),
         file_name=None, audio_path=None,
     )
     tracker: FakeTracker = services.progress  # type: ignore[assignment]

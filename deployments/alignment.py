@@ -1,0 +1,311 @@
+"""wav2vec2 forced alignment: a plain ``AlignmentEngine`` (no Ray) and its Serve deployment.
+
+Aligners are loaded lazily per language and kept in a small thread-safe LRU cache. The
+engine never reaches for the network when the process runs offline (``HF_HUB_OFFLINE`` /
+``TRANSFORMERS_OFFLINE``): a default aligner that is not already cached is reported as
+unsupported instead of being downloaded, and NLTK data must come from ``nltk_data``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from common.config import AlignConfig
+from common.errors import ModelUnavailableError, ProcessingError, ServiceError
+from common.schemas import AlignRequest, Segment, TaskProgressStage, Transcript, Word
+from deployments.asr import check_device, resolve_model_path
+from deployments.audio import SAMPLE_RATE
+from deployments.reporting import stage_reporter
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[float], None]
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def hub_offline() -> bool:
+    """Whether this process must not download models (the Hugging Face offline switches)."""
+    return any(
+        os.environ.get(k, "").strip().lower() in _TRUE
+        for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def _num(value: Any) -> float | None:
+    """A finite float, or None for missing/NaN values from whisperx's pandas code."""
+    if value is None:
+        return None
+    number = float(value)
+    return None if math.isnan(number) or math.isinf(number) else number
+
+
+class AlignmentEngine:
+    def __init__(self, config: AlignConfig, *, models_dir: Path | None = None) -> None:
+        import nltk
+        import torch
+
+        check_device(config.device, "alignment")
+        self._config = config
+        self._models_dir = models_dir
+        self._model_dir = (
+            resolve_model_path(str(config.model_dir), models_dir) if config.model_dir else None
+        )
+        if config.nltk_data is not None:
+            nltk_path = resolve_model_path(str(config.nltk_data), models_dir)
+            if nltk_path not in nltk.data.path:
+                nltk.data.path.insert(0, nltk_path)
+            existing = os.environ.get("NLTK_DATA")
+            os.environ["NLTK_DATA"] = os.pathsep.join(p for p in (nltk_path, existing) if p)
+        if config.device == "cpu":
+            torch.set_num_threads(config.cpu_threads)
+        self._models: OrderedDict[str, tuple[Any, dict[str, Any]]] = OrderedDict()
+        self._supported: dict[str, bool] = {}
+        self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ models
+
+    def _resolve(self, language: str) -> tuple[str, str] | None:
+        """(name to report, reference to load) for ``language``, or None."""
+        name = self._config.models.get(language)
+        if name is not None:
+            return name, resolve_model_path(name, self._models_dir)
+        if self._config.use_default_models:
+            from whisperx.alignment import DEFAULT_ALIGN_MODELS_HF, DEFAULT_ALIGN_MODELS_TORCH
+
+            default = DEFAULT_ALIGN_MODELS_TORCH.get(language) or DEFAULT_ALIGN_MODELS_HF.get(
+                language
+            )
+            if default is not None:
+                return default, default
+        return None
+
+    def model_name(self, language: str) -> str | None:
+        resolved = self._resolve(language.lower())
+        return resolved[0] if resolved else None
+
+    def supports(self, language: str) -> bool:
+        language = language.lower()
+        with self._lock:
+            if language in self._supported:
+                return self._supported[language]
+        resolved = self._resolve(language)
+        if resolved is None:
+            answer = False
+        elif language in self._config.models:
+            name = resolved[0]
+            looks_local = name.startswith((".", "/", "~")) or Path(resolved[1]).exists()
+            answer = Path(resolved[1]).exists() if looks_local else True
+        else:  # a whisperx default: only if it can actually be loaded here
+            try:
+                self._get_model(language)
+                answer = True
+            except ServiceError as exc:
+                logger.warning("no aligner for %s: %s", language, exc)
+                answer = False
+        with self._lock:
+            self._supported[language] = answer
+        return answer
+
+    def _get_model(self, language: str) -> tuple[Any, dict[str, Any]]:
+        with self._lock:
+            if language in self._models:
+                self._models.move_to_end(language)
+                return self._models[language]
+        with self._load_lock:
+            with self._lock:
+                if language in self._models:
+                    return self._models[language]
+            loaded = self._load(language)
+            with self._lock:
+                self._models[language] = loaded
+                while len(self._models) > self._config.max_cached_models:
+                    evicted, _ = self._models.popitem(last=False)
+                    logger.info("evicted alignment model for %s", evicted)
+            return loaded
+
+    def _load(self, language: str) -> tuple[Any, dict[str, Any]]:
+        import whisperx
+
+        resolved = self._resolve(language)
+        if resolved is None:
+            raise ModelUnavailableError(
+                f"No word-alignment model is available for language '{language}'.",
+                f"no aligner configured for language={language}",
+            )
+        name, ref = resolved
+        offline = hub_offline()
+        if offline and not self._torchaudio_cached(ref):
+            raise ModelUnavailableError(
+                f"The alignment model '{name}' is not available offline.",
+                f"torchaudio bundle {ref} not in the local cache and downloads are disabled",
+            )
+        started = time.perf_counter()
+        try:
+            model, metadata = whisperx.load_align_model(
+                language,
+                self._config.device,
+                model_name=ref,
+                model_dir=self._model_dir,
+                model_cache_only=offline,
+            )
+        except Exception as exc:
+            raise ModelUnavailableError.from_exception(
+                exc, f"The alignment model '{name}' for language '{language}' could not be loaded."
+            ) from exc
+        logger.info(
+            "loaded alignment model %s for %s in %.2f s",
+            name,
+            language,
+            time.perf_counter() - started,
+        )
+        return model, metadata
+
+    def _torchaudio_cached(self, ref: str) -> bool:
+        """False only for a torchaudio bundle whose weights are not on disk (others: True)."""
+        import torch
+        import torchaudio
+
+        if ref not in torchaudio.pipelines.__all__:
+            return True
+        filename = os.path.basename(getattr(torchaudio.pipelines, ref)._path)
+        folder = self._model_dir or os.path.join(torch.hub.get_dir(), "checkpoints")
+        return os.path.isfile(os.path.join(folder, filename))
+
+    def _check_punkt(self, language: str) -> None:
+        import nltk
+        from whisperx.utils import PUNKT_LANGUAGES
+
+        punkt = PUNKT_LANGUAGES.get(language, "english")
+        try:
+            nltk.data.load(f"tokenizers/punkt_tab/{punkt}.pickle")
+        except LookupError as exc:
+            if hub_offline():  # whisperx would call nltk.download(), which cannot work offline
+                raise ModelUnavailableError(
+                    "Sentence-splitting data for word alignment is missing on the server.",
+                    f"NLTK punkt_tab/{punkt} not found on nltk.data.path; set alignment.nltk_data",
+                ) from exc
+
+    # ------------------------------------------------------------------ alignment
+
+    def align(
+        self, audio: np.ndarray, req: AlignRequest, progress: Progress | None = None
+    ) -> Transcript:
+        import whisperx
+
+        transcript = req.transcript
+        language = transcript.language.lower()
+        if not self.supports(language):
+            raise ModelUnavailableError(
+                f"No word-alignment model is available for language '{language}'.",
+                f"no usable aligner for language={language}",
+            )
+        model, metadata = self._get_model(language)
+        self._check_punkt(language)
+        started = time.perf_counter()
+        segments: list[Segment] = []
+        total = len(transcript.segments)
+        for index, segment in enumerate(transcript.segments):
+            item: dict[str, Any] = {
+                "start": segment.start,
+                "end": segment.end,
+                "text": segment.text,
+            }
+            try:
+                result = whisperx.align(
+                    [item],
+                    model,
+                    metadata,
+                    audio,
+                    self._config.device,
+                    interpolate_method=req.interpolate_method,
+                    return_char_alignments=req.return_char_alignments,
+                )
+            except Exception as exc:
+                raise ProcessingError.from_exception(exc, "Word alignment failed.") from exc
+            segments.extend(_to_segments(segment, result.get("segments", [])))
+            if progress is not None:
+                progress((index + 1) / total * 100.0)
+        if progress is not None and total == 0:
+            progress(100.0)
+        elapsed, duration = time.perf_counter() - started, audio.shape[0] / SAMPLE_RATE
+        logger.info(
+            "aligned %d segments (%.1f s of audio) in %.2f s (RTF %.3f)",
+            total,
+            duration,
+            elapsed,
+            elapsed / duration if duration else 0.0,
+            extra={"task_id": req.task_id},
+        )
+        return transcript.model_copy(
+            update={
+                "segments": segments,
+                "word_timestamps": "wav2vec2",
+                "alignment_model": self.model_name(language),
+            }
+        )
+
+
+def _to_segments(original: Segment, aligned: list[dict[str, Any]]) -> list[Segment]:
+    """whisperx's sentence sub-segments of ``original``; the original when nothing aligned."""
+    out: list[Segment] = []
+    for sub in aligned:
+        words = [
+            Word(
+                word=str(w["word"]),
+                start=_num(w.get("start")),
+                end=_num(w.get("end")),
+                score=_num(w.get("score")),
+            )
+            for w in sub.get("words", [])
+        ]
+        text = str(sub.get("text", "")).strip()
+        if not words:  # no alignable characters: keep the words, without times
+            words = [Word(word=w) for w in text.split()]
+        start, end = _num(sub.get("start")), _num(sub.get("end"))
+        out.append(
+            Segment(
+                start=original.start if start is None else start,
+                end=original.end if end is None else end,
+                text=text,
+                speaker=original.speaker,
+                words=words,
+                avg_logprob=original.avg_logprob,
+            )
+        )
+    if not out:
+        out.append(
+            original.model_copy(update={"words": [Word(word=w) for w in original.text.split()]})
+        )
+    return out
+
+
+@serve.deployment(name="AlignmentDeployment", max_ongoing_requests=4)
+class AlignmentDeployment:
+    def __init__(
+        self, config: AlignConfig, *, app_name: str, models_dir: Path | None = None
+    ) -> None:
+        self._app_name = app_name
+        self._engine = AlignmentEngine(config, models_dir=models_dir)
+
+    async def supports(self, language: str) -> bool:
+        return await asyncio.to_thread(self._engine.supports, language)
+
+    async def align(self, audio: np.ndarray, req: AlignRequest) -> Transcript:
+        progress = stage_reporter(self._app_name, req.task_id, TaskProgressStage.aligning)
+        return await asyncio.to_thread(self._engine.align, audio, req, progress)
+
+    def ping(self) -> bool:
+        return True

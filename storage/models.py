@@ -1,0 +1,84 @@
+"""The ``tasks`` table: one row per transcription task, the durable copy of its state."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Float, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from common.schemas import (
+    TaskError,
+    TaskParams,
+    TaskProgressStage,
+    TaskPublic,
+    TaskStatus,
+    TaskType,
+    Timings,
+    Transcript,
+    utcnow,
+)
+from storage.coltypes import JsonType, UtcDateTime
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class TaskRow(Base):
+    __tablename__ = "tasks"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    task_type: Mapped[str] = mapped_column(String(32))
+    file_name: Mapped[str | None] = mapped_column(String(255))
+    audio_path: Mapped[str | None] = mapped_column(String(1024))
+    audio_duration: Mapped[float | None] = mapped_column(Float)
+    params: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    error_detail: Mapped[str | None] = mapped_column(Text)
+    progress_percentage: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    progress_stage: Mapped[str] = mapped_column(
+        String(16), default=TaskProgressStage.queued.value, server_default="queued"
+    )
+    progress_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    progress_message: Mapped[str | None] = mapped_column(Text)
+    timings: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+    def __repr__(self) -> str:
+        return f"TaskRow(id={self.id!r}, status={self.status!r}, attempts={self.attempts})"
+
+    def to_public(self) -> TaskPublic:
+        error = None
+        if self.error_code is not None:
+            error = TaskError(
+                code=self.error_code,
+                user_message=self.error_message or "",
+                technical_detail=self.error_detail or "",
+            )
+        return TaskPublic(
+            identifier=self.id,
+            status=TaskStatus(self.status),
+            task_type=TaskType(self.task_type),
+            file_name=self.file_name,
+            audio_duration=self.audio_duration,
+            params=TaskParams.model_validate(self.params),
+            result=Transcript.model_validate(self.result) if self.result is not None else None,
+            error=error,
+            progress_percentage=self.progress_percentage,
+            progress_stage=TaskProgressStage(self.progress_stage),
+            created_at=self.created_at,
+            started_at=self.started_at,
+            completed_at=self.completed_at,
+            timings=Timings.model_validate(self.timings or {}),
+        )

@@ -1,0 +1,185 @@
+"""storage on the local PostgreSQL server, each test in a fresh schema (fails if it is down)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+import psycopg
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from common.schemas import (
+    TaskError,
+    TaskParams,
+    TaskProgressStage,
+    TaskStatus,
+    TaskType,
+    Timings,
+    Transcript,
+)
+from storage import Database, migrate
+from storage import repository as repo
+from storage.db import downgrade
+from storage.models import Base
+
+pytestmark = [pytest.mark.integration, pytest.mark.postgres]
+
+BASE_URL = os.environ.get(
+    "WHISPERX_SERVE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def _admin(sql: str) -> None:
+    conninfo = BASE_URL.replace("postgresql+psycopg://", "postgresql://", 1)
+    try:
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(sql)  # type: ignore[arg-type,unused-ignore]
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL at {BASE_URL} is unreachable: {exc}")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A URL whose connections live in a new, empty schema; dropped afterwards."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    _admin(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in BASE_URL else "?"
+    yield f"{BASE_URL}{sep}options={quote(f'-csearch_path={schema}')}"
+    _admin(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture
+def db(pg_url: str) -> Iterator[Database]:
+    migrate(pg_url)
+    database = Database(pg_url)
+    yield database
+    database.dispose()
+
+
+def _new(db: Database, task_id: str) -> None:
+    repo.create_task(
+        db,
+        task_id=task_id,
+        task_type=TaskType.speech_to_text,
+        params=TaskParams(diarize=False),
+        file_name="a.wav",
+        audio_path=None,
+    )
+
+
+def _in_threads(n: int, fn: Callable[[int], Any]) -> list[BaseException]:
+    barrier, errors = threading.Barrier(n), []
+
+    def run(k: int) -> None:
+        try:
+            barrier.wait()
+            fn(k)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
+def test_concurrent_migrate_on_empty_schema(pg_url: str) -> None:
+    assert _in_threads(3, lambda _: migrate(pg_url)) == []
+    db = Database(pg_url)
+    db.ping()
+    with db.engine.connect() as conn:
+        ctx = MigrationContext.configure(
+            conn, opts={"compare_type": True, "compare_server_default": True}
+        )
+        assert compare_metadata(ctx, Base.metadata) == []
+        assert ctx.get_current_revision() == "0001"
+    migrate(pg_url)  # at head already: no-op
+    _new(db, "x")
+    downgrade(pg_url, "base")
+    migrate(pg_url)
+    assert repo.list_tasks(db) == []
+    db.dispose()
+
+
+def test_lifecycle_and_public_round_trip(db: Database) -> None:
+    _new(db, "t")
+    row = repo.get_task(db, task_id="t")
+    assert row is not None and row.created_at.tzinfo is not None
+    (claimed,) = repo.claim_tasks(db, worker_id="w", limit=5, lease_seconds=30)
+    assert claimed.status == "processing" and claimed.attempts == 1
+    assert claimed.started_at is not None and claimed.started_at.utcoffset() == timedelta(0)
+    stage = TaskProgressStage.transcribing
+    assert repo.update_progress(db, task_id="t", stage=stage, percentage=30, seq=3)
+    assert not repo.update_progress(db, task_id="t", stage=stage, percentage=20, seq=4)
+    assert not repo.update_progress(db, task_id="t", stage=stage, percentage=40, seq=2)
+    repo.set_audio_duration(db, task_id="t", duration=3.5)
+    transcript = Transcript.model_validate({"language": "en", "segments": []})
+    timings = Timings(total=2.0)
+    assert repo.complete_task(db, task_id="t", result=transcript, timings=timings, seq=5)
+    assert not repo.fail_task(db, task_id="t", error=TaskError(code="x", user_message="y"))
+    assert not repo.update_progress(db, task_id="t", stage=stage, percentage=50, seq=6)
+    done = repo.get_task(db, task_id="t")
+    assert done is not None
+    public = done.to_public()
+    assert public.status is TaskStatus.completed and public.progress_percentage == 100
+    assert public.result == transcript and public.timings == timings
+    assert public.audio_duration == 3.5 and done.progress_seq == 5
+
+    _new(db, "f")
+    error = TaskError(code="invalid_audio", user_message="Bad", technical_detail="d")
+    assert repo.fail_task(db, task_id="f", error=error)
+    failed = repo.get_task(db, task_id="f")
+    assert failed is not None and failed.to_public().error == error
+    assert failed.progress_stage == "queued"
+    counts = repo.count_by_status(db)
+    assert counts[TaskStatus.completed] == 1 and counts[TaskStatus.failed] == 1
+    assert [r.id for r in repo.list_tasks(db)] == ["f", "t"]
+
+
+def test_leases_reclaim_renew_release(db: Database) -> None:
+    _new(db, "a")
+    _new(db, "b")
+    t0 = datetime.now(UTC)
+    repo.claim_tasks(db, worker_id="dead", limit=1, lease_seconds=10, now=t0)
+    repo.claim_tasks(db, worker_id="live", limit=1, lease_seconds=10, now=t0)
+    soon = t0 + timedelta(seconds=5)
+    assert repo.claim_tasks(db, worker_id="x", limit=5, lease_seconds=10, now=soon) == []
+    assert repo.renew_leases(db, worker_id="live", task_ids=["a", "b"], lease_seconds=60) == {"b"}
+    later = t0 + timedelta(seconds=11)
+    (again,) = repo.claim_tasks(db, worker_id="new", limit=5, lease_seconds=10, now=later)
+    assert again.id == "a" and again.attempts == 2 and again.started_at == t0
+    assert not repo.release_task(db, task_id="a", worker_id="dead")
+    assert repo.release_task(db, task_id="a", worker_id="new")
+    row = repo.get_task(db, task_id="a")
+    assert row is not None and row.status == "queued" and row.claimed_by is None
+
+
+def test_claim_race_each_task_claimed_exactly_once(db: Database, pg_url: str) -> None:
+    for i in range(20):
+        _new(db, f"task-{i:02d}")
+    claims: list[str] = []
+    lock = threading.Lock()
+
+    def worker(k: int) -> None:
+        own = Database(pg_url)
+        try:
+            while rows := repo.claim_tasks(own, worker_id=f"w{k}", limit=3, lease_seconds=60):
+                with lock:
+                    claims.extend(r.id for r in rows)
+        finally:
+            own.dispose()
+
+    assert _in_threads(4, worker) == []
+    counts = Counter(claims)
+    assert len(counts) == 20 and set(counts.values()) == {1}
+    assert repo.count_by_status(db)[TaskStatus.processing] == 20

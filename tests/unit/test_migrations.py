@@ -1,0 +1,162 @@
+"""Alembic migrations of storage/: idempotent, concurrent-safe, and matching the models."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Column, Integer, MetaData, Table
+
+from common.schemas import TaskParams, TaskType
+from storage import Database, TaskRow, migrate
+from storage import repository as repo
+from storage.db import downgrade
+from storage.models import Base
+
+pytestmark = pytest.mark.unit
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _diff(db: Database, metadata: MetaData = Base.metadata) -> list[Any]:
+    with db.engine.connect() as conn:
+        ctx = MigrationContext.configure(
+            conn, opts={"compare_type": True, "compare_server_default": True}
+        )
+        return list(compare_metadata(ctx, metadata))
+
+
+def _tables(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+def _version(path: Path) -> list[str]:
+    with sqlite3.connect(path) as conn:
+        return [r[0] for r in conn.execute("SELECT version_num FROM alembic_version")]
+
+
+def test_migrate_twice_is_a_noop(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "dir" / "db.sqlite"
+    url = f"sqlite:///{path}"
+    migrate(url)
+    assert _tables(path) == {"tasks", "alembic_version"} and _version(path) == ["0001"]
+    db = Database(url)
+    repo.create_task(
+        db,
+        task_id="keep",
+        task_type=TaskType.speech_to_text,
+        params=TaskParams(),
+        file_name=None,
+        audio_path=None,
+    )
+    migrate(url)
+    assert _version(path) == ["0001"]
+    assert repo.get_task(db, task_id="keep") is not None
+    db.dispose()
+
+
+def test_models_match_migration(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    migrate(url)
+    db = Database(url)
+    assert _diff(db) == []
+    # The comparison does see differences: a metadata with an extra column is reported.
+    extra = MetaData()
+    for table in Base.metadata.tables.values():
+        table.to_metadata(extra)
+    Table("extra", extra, Column("id", Integer, primary_key=True))
+    assert [d[0] for d in _diff(db, extra)] == ["add_table"]
+    db.dispose()
+
+
+def test_downgrade_base_then_upgrade(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    url = f"sqlite:///{path}"
+    migrate(url)
+    downgrade(url, "base")
+    assert "tasks" not in _tables(path) and _version(path) == []
+    migrate(url)
+    assert "tasks" in _tables(path) and _version(path) == ["0001"]
+
+
+def test_concurrent_migrate_on_one_sqlite_file(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    barrier = threading.Barrier(3)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            barrier.wait()
+            migrate(url)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert _version(tmp_path / "db.sqlite") == ["0001"]
+
+
+RACE_SCRIPT = """
+import sys, time
+from storage import migrate
+start = float(sys.argv[2])
+while time.time() < start:
+    time.sleep(0.001)
+migrate(sys.argv[1])
+"""
+
+
+def test_concurrent_migrate_from_processes(tmp_path: Path) -> None:
+    """Ray workers starting together each call migrate() on the same SQLite file."""
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    start = str(time.time() + 3)  # a wall-clock barrier once all three have imported
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACE_SCRIPT, url, start],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    assert _version(tmp_path / "db.sqlite") == ["0001"]
+
+
+def test_in_memory_database_migrates() -> None:
+    db = Database("sqlite://")
+    migrate(db)
+    assert _diff(db) == []
+    with db.session() as session:
+        assert session.query(TaskRow).count() == 0
+    db.dispose()
+
+
+def test_alembic_cli_reads_url_from_settings(tmp_path: Path) -> None:
+    path = tmp_path / "cli.db"
+    env = {
+        **os.environ,
+        "WHISPERX_SERVE_DATABASE_URL": f"sqlite:///{path}",
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    cmd = [sys.executable, "-m", "alembic", "-c", "storage/alembic.ini", "upgrade", "head"]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert _version(path) == ["0001"]
