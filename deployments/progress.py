@@ -124,8 +124,8 @@ class ProgressTracker:
             )
         if not written:
             logger.warning("task %s was already terminal in the database", task_id, extra={"task_id": task_id})
-        event = state.finish(final, error)
-        await self._notify(state, event)
+        if state.finish(final, error) is not None:
+            await self._notify(state)
         return written
 
     # ---------------------------------------------------------------- readers
@@ -175,10 +175,10 @@ class ProgressTracker:
     async def _publish(self, state: TaskProgressState, event: Event | None) -> None:
         if event is None:
             return
-        await self._notify(state, event)
+        await self._notify(state)
         await self._mirror(state)
 
-    async def _notify(self, state: TaskProgressState, event: Event) -> None:
+    async def _notify(self, state: TaskProgressState) -> None:
         cond = self._condition(state.task_id)
         async with cond:
             cond.notify_all()
@@ -215,7 +215,7 @@ class ProgressTracker:
 def get_or_create_tracker(app_name: str, database_url: str, *, mirror_interval_s: float = 1.0) -> Any:
     """The app's tracker actor: detached (outlives any replica) and restarted on failure."""
     actor_cls = ray.remote(ProgressTracker)
-    return actor_cls.options(  # type: ignore[attr-defined]
+    return actor_cls.options(
         name=tracker_name(app_name),
         namespace=TRACKER_NAMESPACE,
         lifetime="detached",

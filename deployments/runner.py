@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 @serve.deployment(name="TaskRunner", max_ongoing_requests=1000)
 class TaskRunner:
-    async def __init__(
+    async def __init__(  # type: ignore[misc]  # Serve runs async constructors
         self,
         asr: Any,
         alignment: Any,

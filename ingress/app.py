@@ -57,7 +57,9 @@ async def serve_deployment_statuses(app_name: str) -> dict[str, str]:
 @serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=1000)
 @serve.ingress()
 class Ingress:
-    async def __init__(self, runner: Any, *, app_name: str, config: IngressConfig) -> None:
+    async def __init__(  # type: ignore[misc]  # Serve runs async constructors
+        self, runner: Any, *, app_name: str, config: IngressConfig
+    ) -> None:
         settings = Settings()
         url = settings.resolved_database_url()
         await asyncio.to_thread(migrate, url)

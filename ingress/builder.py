@@ -34,7 +34,7 @@ def _check_gpus(args: AppArgs) -> None:
         return
     import ray
 
-    gpus = ray.cluster_resources().get("GPU", 0.0) if ray.is_initialized() else 0.0
+    gpus = ray.cluster_resources().get("GPU", 0.0) if ray.is_initialized() else 0.0  # type: ignore[no-untyped-call]
     if gpus <= 0:
         raise ConfigurationError(
             "This configuration asks for GPUs but the Ray cluster has none. Use a CPU "
@@ -50,11 +50,15 @@ def default_language(asr: AsrConfig) -> str | None:
 
 
 def build_app(raw_args: dict[str, Any]) -> Application:
-    from deployments.alignment import AlignmentDeployment
-    from deployments.asr import AsrDeployment
-    from deployments.diarization import DiarizationDeployment
-    from deployments.runner import TaskRunner
-    from ingress.app import Ingress
+    # @serve.deployment turns these classes into Deployment objects; mypy sees classes.
+    from deployments import alignment, asr, diarization, runner
+    from ingress import app
+
+    AsrDeployment: Any = asr.AsrDeployment
+    AlignmentDeployment: Any = alignment.AlignmentDeployment
+    DiarizationDeployment: Any = diarization.DiarizationDeployment
+    TaskRunner: Any = runner.TaskRunner
+    Ingress: Any = app.Ingress
 
     args = AppArgs.model_validate(raw_args)
     models_dir = os.environ.get("WHISPERX_SERVE_MODELS_DIR") or args.models_dir
@@ -75,7 +79,7 @@ def build_app(raw_args: dict[str, Any]) -> Application:
     diarization = DiarizationDeployment.options(
         ray_actor_options=_actor_options(args.diarization.resources)
     ).bind(args.diarization, app_name=name, models_dir=models_path)
-    runner = TaskRunner.options(ray_actor_options={"num_cpus": 0.1}).bind(
+    task_runner = TaskRunner.options(ray_actor_options={"num_cpus": 0.1}).bind(
         asr,
         alignment,
         diarization,
@@ -83,4 +87,5 @@ def build_app(raw_args: dict[str, Any]) -> Application:
         config=args.runner,
         default_language=default_language(args.asr),
     )
-    return Ingress.bind(runner, app_name=name, config=args.ingress)  # type: ignore[no-any-return]
+    built: Application = Ingress.bind(task_runner, app_name=name, config=args.ingress)
+    return built

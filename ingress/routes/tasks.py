@@ -64,7 +64,7 @@ async def speech_to_text(
         params = TaskParams(
             asr=AsrOptions(
                 language=language,
-                task=task,  # type: ignore[arg-type]  # validated by pydantic
+                task=task,  # validated by pydantic
                 batch_size=batch_size,
                 beam_size=beam_size,
                 initial_prompt=initial_prompt,
