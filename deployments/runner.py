@@ -78,6 +78,18 @@ class TaskRunner:
     async def inflight(self) -> list[str]:
         return sorted(self._inflight)
 
+    async def __del__(self) -> None:
+        """Graceful shutdown (redeploy, scale-down): hand claimed tasks back to the queue now
+        instead of letting them wait for their leases to run out."""
+        for loop in (self._claim_loop, self._lease_loop):
+            loop.cancel()
+        for task_id, running in list(self._inflight.items()):
+            running.cancel()
+            released = await asyncio.to_thread(
+                repository.release_task, self._db, task_id=task_id, worker_id=self._worker_id
+            )
+            logger.info("released task %s: %s", task_id, released, extra={"task_id": task_id})
+
     def check_health(self) -> None:
         for loop in (self._claim_loop, self._lease_loop):
             if loop.done():

@@ -189,12 +189,16 @@ def renew_leases(
 
 
 def release_task(db: Database, *, task_id: str, worker_id: str) -> bool:
-    """Hand a task this worker holds back to the queue (graceful shutdown)."""
+    """Hand a task this worker holds back to the queue (graceful shutdown).
+
+    The interrupted run does not count towards ``max_attempts``: nothing failed.
+    """
     return _update(
         db,
         task_id,
         and_(TaskRow.status == TaskStatus.processing.value, TaskRow.claimed_by == worker_id),
         status=TaskStatus.queued.value,
+        attempts=TaskRow.attempts - 1,
         claimed_by=None,
         lease_expires_at=None,
         updated_at=utcnow(),

@@ -232,9 +232,9 @@ def test_renew_only_own_leases_and_release(db: Database) -> None:
     assert repo.release_task(db, task_id="t0", worker_id="a")
     row = repo.get_task(db, task_id="t0")
     assert row is not None and row.status == "queued" and row.claimed_by is None
-    assert row.lease_expires_at is None and row.attempts == 1
+    assert row.lease_expires_at is None and row.attempts == 0  # a hand-back is no failed run
     (again,) = repo.claim_tasks(db, worker_id="c", limit=1, lease_seconds=5)
-    assert again.id == "t0" and again.attempts == 2
+    assert again.id == "t0" and again.attempts == 1
 
 
 def test_claim_race_each_task_claimed_exactly_once(db_url: str) -> None:
@@ -312,3 +312,14 @@ def test_in_memory_database(tmp_path: Path) -> None:
     _new(db, "m")
     assert [r.id for r in repo.list_tasks(db)] == ["m"]
     db.dispose()
+
+
+def test_graceful_release_gives_the_attempt_back(db: Database) -> None:
+    _new(db, "g")
+    (claimed,) = repo.claim_tasks(db, worker_id="a", limit=1, lease_seconds=60)
+    assert claimed.attempts == 1
+    assert repo.release_task(db, task_id="g", worker_id="a")
+    row = repo.get_task(db, task_id="g")
+    assert row is not None and (row.status, row.attempts, row.claimed_by) == ("queued", 0, None)
+    (again,) = repo.claim_tasks(db, worker_id="b", limit=1, lease_seconds=60)
+    assert again.attempts == 1
