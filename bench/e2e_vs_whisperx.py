@@ -28,15 +28,17 @@ os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-import httpx  # noqa: E402
-import numpy as np  # noqa: E402
+import httpx
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.streams import collect, submit  # noqa: E402
 
-MODELS = Path(os.environ.get("WHISPERX_SERVE_MODELS_DIR", REPO.parent / "shared" / "models")).resolve()
+MODELS = Path(
+    os.environ.get("WHISPERX_SERVE_MODELS_DIR", REPO.parent / "shared" / "models")
+).resolve()
 SR = 16_000
 
 
@@ -71,8 +73,11 @@ def plain_whisperx(clips: dict[str, Path], runs: int) -> dict[str, list[float]]:
     from deployments.diarization import DiarizationEngine
 
     model = whisperx.load_model(
-        str(MODELS / "asr" / "faster-whisper-tiny.en"), "cpu", compute_type="int8",
-        local_files_only=True, threads=2,
+        str(MODELS / "asr" / "faster-whisper-tiny.en"),
+        "cpu",
+        compute_type="int8",
+        local_files_only=True,
+        threads=2,
     )
     diarizer = DiarizationEngine(
         DiarizationConfig(
@@ -90,7 +95,9 @@ def plain_whisperx(clips: dict[str, Path], runs: int) -> dict[str, list[float]]:
             out = model.transcribe(audio, batch_size=4)
             transcript = Transcript(
                 language=out["language"],
-                segments=[Segment(start=s["start"], end=s["end"], text=s["text"]) for s in out["segments"]],
+                segments=[
+                    Segment(start=s["start"], end=s["end"], text=s["text"]) for s in out["segments"]
+                ],
             )
             diarizer.diarize(audio, DiarizeRequest(transcript=transcript))
             times.setdefault(name, []).append(time.perf_counter() - t0)
@@ -141,13 +148,19 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-audio-"))
-    clips = {"jfk (11 s)": MODELS / "audio" / "jfk.flac", "mix (300 s)": five_minute_clip(tmp / "mix.wav")}
+    clips = {
+        "jfk (11 s)": MODELS / "audio" / "jfk.flac",
+        "mix (300 s)": five_minute_clip(tmp / "mix.wav"),
+    }
 
     plain = plain_whisperx(clips, args.runs)
     base = start_service()
     served = service(base, clips, args.runs)
 
-    print(f"\n{'clip':<14}{'plain whisperx s':>18}{'service s':>12}{'ratio':>8}   (medians of {args.runs}, CPU)")
+    print(
+        f"\n{'clip':<14}{'plain whisperx s':>18}{'service s':>12}{'ratio':>8}"
+        f"   (medians of {args.runs}, CPU)"
+    )
     for name in clips:
         p, s = statistics.median(plain[name]), statistics.median(served[name])
         print(f"{name:<14}{p:>18.2f}{s:>12.2f}{s / p:>8.2f}")

@@ -75,14 +75,18 @@ class DiarizationConfig(_ModelConfig):
     """Offline parts: the CAM++ speaker-embedding state_dict."""
     plda: Path | None = None
     """Offline parts: a VBx PLDA folder; used only when the embedding is 256-dimensional."""
-    clustering_threshold: float = Field(0.6, gt=0, lt=2)
+    clustering_threshold: float = Field(0.5, gt=0, lt=2)
+    """Cosine-distance cut for agglomerative clustering of CAM++ embeddings (measured on
+    pyannote's sample: two speakers merge at 0.59, same-speaker merges stay below 0.27)."""
     min_duration_off: float = Field(0.0, ge=0)
     cpu_threads: int = Field(2, ge=1)
 
     @model_validator(mode="after")
     def _pipeline_or_parts(self) -> DiarizationConfig:
         if self.pipeline is None and (self.segmentation is None or self.embedding is None):
-            raise ValueError("diarization needs either `pipeline` or both `segmentation` and `embedding`")
+            raise ValueError(
+                "diarization needs either `pipeline` or both `segmentation` and `embedding`"
+            )
         return self
 
 

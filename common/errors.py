@@ -21,7 +21,9 @@ def one_line(text: str, limit: int = 500) -> str:
     """Collapse ``text`` to a single line, redact secrets and cap its length."""
     line = " ".join(str(text).split())
     for pattern in _SECRET_PATTERNS:
-        line = pattern.sub(lambda m: m.group(1) + "***" + (m.group(2) if m.lastindex == 2 else ""), line)
+        line = pattern.sub(
+            lambda m: m.group(1) + "***" + (m.group(2) if m.lastindex == 2 else ""), line
+        )
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
@@ -35,7 +37,11 @@ class ServiceError(Exception):
         self.technical_detail = one_line(technical_detail)
 
     def __str__(self) -> str:
-        return f"{self.user_message} ({self.technical_detail})" if self.technical_detail else self.user_message
+        return (
+            f"{self.user_message} ({self.technical_detail})"
+            if self.technical_detail
+            else self.user_message
+        )
 
     @classmethod
     def from_exception(cls, exc: BaseException, user_message: str) -> ServiceError:

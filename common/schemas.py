@@ -173,7 +173,9 @@ class TaskError(BaseModel):
 
     @classmethod
     def from_exception(cls, exc: ServiceError) -> TaskError:
-        return cls(code=exc.code, user_message=exc.user_message, technical_detail=exc.technical_detail)
+        return cls(
+            code=exc.code, user_message=exc.user_message, technical_detail=exc.technical_detail
+        )
 
 
 class ProgressEvent(BaseModel):

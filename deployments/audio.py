@@ -49,8 +49,13 @@ def probe_audio(path: Path, max_frames: int = 64) -> float:
             if not container.streams.audio:
                 raise InvalidAudioError(_NO_AUDIO_STREAM, "container has no audio stream")
             stream = container.streams.audio[0]
-            if not any(frame.samples > 0 for _, frame in zip(range(max_frames), container.decode(stream), strict=False)):
-                raise InvalidAudioError(_NO_SAMPLES, "no decodable audio frame at the start of the stream")
+            if not any(
+                frame.samples > 0
+                for _, frame in zip(range(max_frames), container.decode(stream), strict=False)
+            ):
+                raise InvalidAudioError(
+                    _NO_SAMPLES, "no decodable audio frame at the start of the stream"
+                )
             if stream.duration is not None and stream.time_base is not None:
                 return float(stream.duration * stream.time_base)
             if container.duration is not None:

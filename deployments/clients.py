@@ -62,7 +62,9 @@ class ProgressSink(Protocol):
     """What the pipeline needs from the tracker; ``ProgressClient`` or a test fake."""
 
     async def start(self, task_id: str, stages: list[TaskProgressStage], attempt: int) -> None: ...
-    async def enter_stage(self, task_id: str, stage: TaskProgressStage, message: str = "") -> None: ...
+    async def enter_stage(
+        self, task_id: str, stage: TaskProgressStage, message: str = ""
+    ) -> None: ...
     async def finish(
         self,
         task_id: str,
@@ -104,8 +106,12 @@ class ProgressClient:
         snap: TaskSnapshot | None = await self._actor.snapshot.remote(task_id)
         return snap
 
-    async def events_after(self, task_id: str, after_seq: int, timeout_s: float) -> list[Event] | None:
-        events: list[Event] | None = await self._actor.events_after.remote(task_id, after_seq, timeout_s)
+    async def events_after(
+        self, task_id: str, after_seq: int, timeout_s: float
+    ) -> list[Event] | None:
+        events: list[Event] | None = await self._actor.events_after.remote(
+            task_id, after_seq, timeout_s
+        )
         return events
 
     async def ping(self) -> bool:

@@ -94,7 +94,9 @@ class TaskPipeline:
                 logger.warning("task rejected: %s", err, extra={"task_id": task.task_id})
             error = TaskError.from_exception(err)
             timings.total = round(time.perf_counter() - started, 3)
-            await self._progress.finish(task.task_id, TaskStatus.failed, error=error, timings=timings)
+            await self._progress.finish(
+                task.task_id, TaskStatus.failed, error=error, timings=timings
+            )
             return TaskOutcome(TaskStatus.failed, duration, error)
 
     async def _process(self, task: TaskInput, audio: np.ndarray, timings: Timings) -> Transcript:

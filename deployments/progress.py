@@ -11,6 +11,7 @@ copy: after a restart the actor rebuilds a task's state from its row on first us
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -101,7 +102,10 @@ class ProgressTracker:
         error: TaskError | None = None,
         timings: Timings | None = None,
     ) -> bool:
-        """Persist the terminal state, then publish the terminal event. False if already terminal."""
+        """Persist the terminal state, then publish the terminal event.
+
+        Returns False if the task was already terminal.
+        """
         state = await self._state(task_id)
         if state is None or state.status.terminal:
             return False
@@ -123,7 +127,9 @@ class ProgressTracker:
                 repository.fail_task, self._db, task_id=task_id, error=err, timings=timings, seq=seq
             )
         if not written:
-            logger.warning("task %s was already terminal in the database", task_id, extra={"task_id": task_id})
+            logger.warning(
+                "task %s was already terminal in the database", task_id, extra={"task_id": task_id}
+            )
         if state.finish(final, error) is not None:
             await self._notify(state)
         return written
@@ -134,7 +140,9 @@ class ProgressTracker:
         state = await self._state(task_id)
         return state.snapshot() if state is not None else None
 
-    async def events_after(self, task_id: str, after_seq: int, timeout_s: float = 25.0) -> list[Event] | None:
+    async def events_after(
+        self, task_id: str, after_seq: int, timeout_s: float = 25.0
+    ) -> list[Event] | None:
         """Events with seq > ``after_seq``; waits up to ``timeout_s`` for the next one.
 
         ``None`` means the task does not exist. An empty list means nothing new in time
@@ -149,10 +157,8 @@ class ProgressTracker:
             return state.seq > after_seq or state.status.terminal
 
         async with cond:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(cond.wait_for(ready), timeout_s)
-            except TimeoutError:
-                pass
         return state.events_after(after_seq)
 
     async def ping(self) -> bool:
@@ -205,14 +211,18 @@ class ProgressTracker:
     def _evict_finished(self) -> None:
         horizon = time.monotonic() - self._retain
         for task_id in [
-            t for t, s in self._states.items() if s.finished_at is not None and s.finished_at < horizon
+            t
+            for t, s in self._states.items()
+            if s.finished_at is not None and s.finished_at < horizon
         ]:
             self._states.pop(task_id, None)
             self._changed.pop(task_id, None)
             self._mirrored.pop(task_id, None)
 
 
-def get_or_create_tracker(app_name: str, database_url: str, *, mirror_interval_s: float = 1.0) -> Any:
+def get_or_create_tracker(
+    app_name: str, database_url: str, *, mirror_interval_s: float = 1.0
+) -> Any:
     """The app's tracker actor: detached (outlives any replica) and restarted on failure."""
     actor_cls = ray.remote(ProgressTracker)
     return actor_cls.options(

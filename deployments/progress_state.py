@@ -36,7 +36,9 @@ MIN_STEP = 0.1  # smaller moves of the overall figure emit no event
 Event = ProgressEvent | ErrorEvent
 
 
-def stage_ranges(stages: Sequence[TaskProgressStage]) -> dict[TaskProgressStage, tuple[float, float]]:
+def stage_ranges(
+    stages: Sequence[TaskProgressStage],
+) -> dict[TaskProgressStage, tuple[float, float]]:
     """Slice of the overall 0–99 range that each planned stage covers."""
     total = sum(STAGE_WEIGHTS[s] for s in stages) or 1.0
     ranges: dict[TaskProgressStage, tuple[float, float]] = {}
@@ -76,7 +78,9 @@ class TaskProgressState:
         self.stages = list(stages)
         self.status = TaskStatus.processing
         self.started_at = self.clock()
-        message = "Started" if attempt <= 1 else f"Restarted after an interruption (attempt {attempt})"
+        message = (
+            "Started" if attempt <= 1 else f"Restarted after an interruption (attempt {attempt})"
+        )
         return self._enter(self.stages[0] if self.stages else TaskProgressStage.complete, message)
 
     def enter_stage(self, stage: TaskProgressStage, message: str = "") -> Event | None:
@@ -88,7 +92,9 @@ class TaskProgressState:
             return None
         return self._enter(stage, message)
 
-    def report(self, stage: TaskProgressStage, local_percentage: float, message: str = "") -> Event | None:
+    def report(
+        self, stage: TaskProgressStage, local_percentage: float, message: str = ""
+    ) -> Event | None:
         """A stage-local percentage (0–100) from inside a model deployment."""
         if self.status is not TaskStatus.processing or stage != self.stage:
             return None
@@ -108,7 +114,11 @@ class TaskProgressState:
         self.finished_at = self.clock()
         self.eta_seconds = None
         if status is TaskStatus.completed:
-            self.stage, self.percentage, self.message = TaskProgressStage.complete, 100.0, "Completed"
+            self.stage, self.percentage, self.message = (
+                TaskProgressStage.complete,
+                100.0,
+                "Completed",
+            )
             return self._emit_progress(self.message)
         if status is TaskStatus.failed:
             self.error = error or TaskError(code="internal", user_message="The task failed.")

@@ -59,7 +59,9 @@ class StageReporter:
         try:
             self._tracker.report.remote(self._task_id, self._stage.value, pct)
         except Exception:  # progress must never break inference
-            logger.warning("progress report failed", extra={"task_id": self._task_id}, exc_info=True)
+            logger.warning(
+                "progress report failed", extra={"task_id": self._task_id}, exc_info=True
+            )
 
 
 def stage_reporter(
@@ -73,6 +75,8 @@ def stage_reporter(
     try:
         tracker = ray.get_actor(tracker_name(app_name), namespace=TRACKER_NAMESPACE)
     except ValueError:
-        logger.warning("progress tracker %s not found", tracker_name(app_name), extra={"task_id": task_id})
+        logger.warning(
+            "progress tracker %s not found", tracker_name(app_name), extra={"task_id": task_id}
+        )
         return None
     return StageReporter(tracker, task_id, stage)

@@ -11,6 +11,7 @@ scan is only the safety net.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -93,7 +94,9 @@ class TaskRunner:
     def check_health(self) -> None:
         for loop in (self._claim_loop, self._lease_loop):
             if loop.done():
-                raise RuntimeError(f"runner loop stopped: {loop.exception() if not loop.cancelled() else 'cancelled'}")
+                raise RuntimeError(
+                    f"runner loop stopped: {'cancelled' if loop.cancelled() else loop.exception()}"
+                )
 
     # ------------------------------------------------------------------ loops
 
@@ -104,10 +107,8 @@ class TaskRunner:
                 await self._claim_once()
             except Exception:
                 logger.exception("claiming tasks failed; retrying")
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._config.poll_interval_seconds)
-            except TimeoutError:
-                pass
 
     async def _claim_once(self) -> None:
         free = self._config.max_concurrent_tasks - len(self._inflight)
@@ -140,7 +141,9 @@ class TaskRunner:
                 logger.exception("renewing leases failed")
                 continue
             for task_id in set(self._inflight) - held:
-                logger.warning("lost the lease on task %s; stopping it", task_id, extra={"task_id": task_id})
+                logger.warning(
+                    "lost the lease on task %s; stopping it", task_id, extra={"task_id": task_id}
+                )
                 self._inflight[task_id].cancel()
 
     # ------------------------------------------------------------------ one task
@@ -152,11 +155,16 @@ class TaskRunner:
                 err = TaskInterruptedError(
                     "Processing was interrupted repeatedly and the task was not completed. "
                     "Please submit it again.",
-                    f"runner lost the task {row.attempts - 1} times (max_attempts={self._config.max_attempts})",
+                    f"runner lost the task {row.attempts - 1} times "
+                    f"(max_attempts={self._config.max_attempts})",
                 )
-                await self._progress.finish(task_id, TaskStatus.failed, error=TaskError.from_exception(err))
+                await self._progress.finish(
+                    task_id, TaskStatus.failed, error=TaskError.from_exception(err)
+                )
                 return
-            queued = (datetime.now(UTC) - row.created_at).total_seconds() if row.attempts == 1 else None
+            queued = (
+                (datetime.now(UTC) - row.created_at).total_seconds() if row.attempts == 1 else None
+            )
             outcome = await self._pipeline.run(
                 TaskInput(
                     task_id=task_id,
@@ -168,7 +176,10 @@ class TaskRunner:
             )
             if outcome.duration_s is not None:
                 await asyncio.to_thread(
-                    repository.set_audio_duration, self._db, task_id=task_id, duration=outcome.duration_s
+                    repository.set_audio_duration,
+                    self._db,
+                    task_id=task_id,
+                    duration=outcome.duration_s,
                 )
             logger.info("task %s %s", task_id, outcome.status.value, extra={"task_id": task_id})
         except asyncio.CancelledError:

@@ -50,7 +50,9 @@ async def serve_deployment_statuses(app_name: str) -> dict[str, str]:
     result: dict[str, str] = {}
     for name, dep in app_status.deployments.items():
         healthy = dep.status.value == "HEALTHY"
-        result[f"deployment:{name}"] = "ok" if healthy else f"{dep.status.value}: {dep.message}"[:200]
+        result[f"deployment:{name}"] = (
+            "ok" if healthy else f"{dep.status.value}: {dep.message}"[:200]
+        )
     return result
 
 

@@ -27,7 +27,11 @@ def _check_gpus(args: AppArgs) -> None:
     """Fail loudly, not hang: a GPU request on a cluster without GPUs never schedules."""
     wanted = {
         name: cfg.resources.num_gpus
-        for name, cfg in (("asr", args.asr), ("alignment", args.alignment), ("diarization", args.diarization))
+        for name, cfg in (
+            ("asr", args.asr),
+            ("alignment", args.alignment),
+            ("diarization", args.diarization),
+        )
         if cfg.resources.num_gpus > 0
     }
     if not wanted or args.allow_pending_gpus:

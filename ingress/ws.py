@@ -36,7 +36,9 @@ async def task_events(
         snap = await services.progress.snapshot(task_id)
     except Exception:
         logger.warning("progress tracker unavailable for websocket", exc_info=True)
-        await websocket.close(CLOSE_TRACKER_UNAVAILABLE, "progress tracker unavailable; poll /tasks/{id}/progress")
+        await websocket.close(
+            CLOSE_TRACKER_UNAVAILABLE, "progress tracker unavailable; poll /tasks/{id}/progress"
+        )
         return
     if snap is None:
         await websocket.close(CLOSE_TASK_NOT_FOUND, "task not found")
@@ -56,7 +58,9 @@ def _start_cursor(snap: TaskSnapshot, after_seq: int | None) -> int:
     return snap.seq - 1 if snap.status.terminal else snap.seq
 
 
-async def _stream(websocket: WebSocket, services: IngressServices, task_id: str, cursor: int) -> None:
+async def _stream(
+    websocket: WebSocket, services: IngressServices, task_id: str, cursor: int
+) -> None:
     disconnected = asyncio.ensure_future(websocket.receive())
     try:
         while True:

@@ -9,12 +9,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS_DIR = Path(os.environ.get("WHISPERX_SERVE_MODELS_DIR", REPO.parent / "shared" / "models")).resolve()
+MODELS_DIR = Path(
+    os.environ.get("WHISPERX_SERVE_MODELS_DIR", REPO.parent / "shared" / "models")
+).resolve()
 JFK = MODELS_DIR / "audio" / "jfk.flac"
 
 _TIERS = ("unit", "integration", "e2e")

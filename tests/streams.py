@@ -27,9 +27,13 @@ class Stream:
         return self.frames[1:]
 
 
-async def collect(ws_base: str, task_id: str, *, after_seq: int | None = None, timeout: float = 300) -> Stream:
+async def collect(
+    ws_base: str, task_id: str, *, after_seq: int | None = None, timeout: float = 300
+) -> Stream:
     """Read one task's WebSocket from the snapshot to the server's close."""
-    url = f"{ws_base}/ws/tasks/{task_id}" + (f"?after_seq={after_seq}" if after_seq is not None else "")
+    url = f"{ws_base}/ws/tasks/{task_id}" + (
+        f"?after_seq={after_seq}" if after_seq is not None else ""
+    )
     stream = Stream()
     async with asyncio.timeout(timeout), websockets.connect(url, max_size=None) as ws:
         try:

@@ -47,13 +47,17 @@ async def speech_to_text(
     services: ServicesDep,
     file: Annotated[UploadFile, File(description="Audio or video file (any format PyAV decodes).")],
     language: Annotated[str | None, Query(description="Language code; unset = detect.")] = None,
-    task: Annotated[str, Query(description="`transcribe` or `translate` (to English).")] = "transcribe",
+    task: Annotated[
+        str, Query(description="`transcribe` or `translate` (to English).")
+    ] = "transcribe",
     batch_size: Annotated[int | None, Query(description="ASR batch size.")] = None,
     beam_size: Annotated[int | None, Query(description="Beam size for decoding.")] = None,
     initial_prompt: Annotated[str | None, Query(description="Prompt for the first window.")] = None,
     vad_onset: Annotated[float | None, Query(description="VAD onset threshold (0–1).")] = None,
     vad_offset: Annotated[float | None, Query(description="VAD offset threshold (0–1).")] = None,
-    chunk_size: Annotated[int | None, Query(description="VAD chunk size in seconds (1–30).")] = None,
+    chunk_size: Annotated[
+        int | None, Query(description="VAD chunk size in seconds (1–30).")
+    ] = None,
     align: Annotated[bool, Query(description="Produce word-level timestamps.")] = True,
     diarize: Annotated[bool, Query(description="Label speakers.")] = True,
     num_speakers: Annotated[int | None, Query(description="Exact number of speakers.")] = None,
@@ -140,7 +144,9 @@ async def list_tasks(
 async def get_task(identifier: str, services: ServicesDep) -> TaskPublic:
     row = await asyncio.to_thread(repository.get_task, services.db, task_id=identifier)
     if row is None:
-        raise TaskNotFoundError("No task has this identifier.", f"task {identifier[:64]!r} not found")
+        raise TaskNotFoundError(
+            "No task has this identifier.", f"task {identifier[:64]!r} not found"
+        )
     return row.to_public()
 
 
@@ -169,7 +175,9 @@ async def get_task_progress(identifier: str, services: ServicesDep) -> TaskProgr
                 seq=row.progress_seq,
             )
     if snap is None:
-        raise TaskNotFoundError("No task has this identifier.", f"task {identifier[:64]!r} not found")
+        raise TaskNotFoundError(
+            "No task has this identifier.", f"task {identifier[:64]!r} not found"
+        )
     return TaskProgress(
         identifier=snap.task_id,
         status=snap.status,

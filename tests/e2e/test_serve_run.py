@@ -45,13 +45,22 @@ def served(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterat
     log = (work / "serve.log").open("wb")
     proc = subprocess.Popen(
         [str(serve_bin), "run", str(config_path)],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until(
-            lambda: proc.poll() is None and httpx.get(f"{base}/health/ready", timeout=5).status_code == 200
-            or (proc.poll() is not None and pytest.fail(f"serve run exited {proc.returncode}")),
+            lambda: (
+                (
+                    proc.poll() is None
+                    and httpx.get(f"{base}/health/ready", timeout=5).status_code == 200
+                )
+                or (proc.poll() is not None and pytest.fail(f"serve run exited {proc.returncode}"))
+            ),
             timeout=420,
             interval=1,
             what="serve run to become ready",
@@ -75,9 +84,16 @@ async def test_jfk_over_http_and_websocket(served: str, jfk_path: Path) -> None:
     assert stream.events[-1]["status"] == "completed"
 
     polled = httpx.get(f"{served}/tasks/{task_id}/progress", timeout=10).json()
-    assert polled == {**polled, "status": "completed", "progress_percentage": 100.0, "progress_stage": "complete"}
+    assert polled == {
+        **polled,
+        "status": "completed",
+        "progress_percentage": 100.0,
+        "progress_stage": "complete",
+    }
     result = httpx.get(f"{served}/task/{task_id}", timeout=10).json()["result"]
-    assert "ask not what your country can do for you" in normalise(" ".join(s["text"] for s in result["segments"]))
+    assert "ask not what your country can do for you" in normalise(
+        " ".join(s["text"] for s in result["segments"])
+    )
     # No wav2vec2 in the offline bundle: word times come from Whisper, and say so.
     assert result["word_timestamps"] == "whisper" and result["alignment_model"] is None
     words = [w for s in result["segments"] for w in s["words"]]
@@ -87,8 +103,12 @@ async def test_jfk_over_http_and_websocket(served: str, jfk_path: Path) -> None:
 
 async def test_bad_requests_get_clear_4xx(served: str, jfk_path: Path) -> None:
     with jfk_path.open("rb") as f:
-        r = httpx.post(f"{served}/speech-to-text", params={"min_speakers": 3, "max_speakers": 1},
-                       files={"file": ("jfk.flac", f)}, timeout=30)
+        r = httpx.post(
+            f"{served}/speech-to-text",
+            params={"min_speakers": 3, "max_speakers": 1},
+            files={"file": ("jfk.flac", f)},
+            timeout=30,
+        )
     assert r.status_code == 422 and "max_speakers" in r.json()["user_message"]
     r = httpx.post(f"{served}/speech-to-text", files={"file": ("x.wav", b"")}, timeout=30)
     assert r.status_code == 422 and r.json()["error_code"] == "empty_upload"
@@ -100,8 +120,15 @@ async def test_bad_requests_get_clear_4xx(served: str, jfk_path: Path) -> None:
 
 def test_openapi_documents_the_routes(served: str) -> None:
     spec = httpx.get(f"{served}/openapi.json", timeout=10).json()
-    for path in ("/speech-to-text", "/task/{identifier}", "/tasks/{identifier}/progress", "/task/all",
-                 "/health", "/health/live", "/health/ready"):
+    for path in (
+        "/speech-to-text",
+        "/task/{identifier}",
+        "/tasks/{identifier}/progress",
+        "/task/all",
+        "/health",
+        "/health/live",
+        "/health/ready",
+    ):
         assert path in spec["paths"], path
     assert "422" in spec["paths"]["/speech-to-text"]["post"]["responses"]
     assert httpx.get(f"{served}/docs", timeout=10).status_code == 200

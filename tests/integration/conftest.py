@@ -60,7 +60,10 @@ def tiny_aligner(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def service(
-    tmp_path_factory: pytest.TempPathFactory, pg_schema_url: str, models_dir: Path, tiny_aligner: Path
+    tmp_path_factory: pytest.TempPathFactory,
+    pg_schema_url: str,
+    models_dir: Path,
+    tiny_aligner: Path,
 ) -> Iterator[Service]:
     import ray
     from ray import serve

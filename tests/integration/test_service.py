@@ -53,7 +53,9 @@ async def test_jfk_end_to_end_with_live_progress(service: Service, jfk_path: Pat
     assert result["speakers"] == ["SPEAKER_00"]
     assert all(s["speaker"] == "SPEAKER_00" for s in result["segments"])
     assert any(w.get("start") is not None for s in result["segments"] for w in s["words"])
-    assert body["timings"]["transcribing"] > 0 and body["audio_duration"] == pytest.approx(11.0, abs=0.1)
+    assert body["timings"]["transcribing"] > 0 and body["audio_duration"] == pytest.approx(
+        11.0, abs=0.1
+    )
 
     row = repository.get_task(Database(service.database_url), task_id=task_id)
     assert row is not None and row.status == "completed"
@@ -65,7 +67,9 @@ async def test_two_speaker_sample_diarizes_into_two(service: Service) -> None:
     task_id = submit(service.base_url, sample_wav(), align="false")
     stream = await collect(service.ws_url, task_id, after_seq=0)
     assert_well_ordered(stream)
-    assert "aligning" not in {e["stage"] for e in stream.events}  # skipped stage, skipped in progress
+    assert "aligning" not in {
+        e["stage"] for e in stream.events
+    }  # skipped stage, skipped in progress
     result = task(service, task_id)["result"]
     assert len(result["speakers"]) == 2
     assert {t["speaker"] for t in result["speaker_turns"]} == set(result["speakers"])
@@ -77,7 +81,11 @@ async def test_failure_inside_task_streams_error_event(service: Service, jfk_pat
     assert_well_ordered(stream)
     error = stream.events[-1]
     assert error["type"] == "error" and error["error_code"] == "invalid_request"
-    assert error["user_message"] and error["technical_detail"] and "\n" not in error["technical_detail"]
+    assert (
+        error["user_message"]
+        and error["technical_detail"]
+        and "\n" not in error["technical_detail"]
+    )
     progress = httpx.get(f"{service.base_url}/tasks/{task_id}/progress", timeout=10).json()
     assert progress["status"] == "failed" and progress["error_code"] == "invalid_request"
     # the service is still healthy afterwards
@@ -88,10 +96,14 @@ async def test_late_and_resuming_subscribers(service: Service, jfk_path: Path) -
     task_id = submit(service.base_url, jfk_path, diarize="false")
     first = await collect(service.ws_url, task_id, after_seq=0)
     late = await collect(service.ws_url, task_id)  # after the end: snapshot + terminal event
-    assert late.snapshot["status"] == "completed" and [e["status"] for e in late.events] == ["completed"]
+    assert late.snapshot["status"] == "completed" and [e["status"] for e in late.events] == [
+        "completed"
+    ]
     middle = first.events[len(first.events) // 2]["seq"]
     resumed = await collect(service.ws_url, task_id, after_seq=middle)
-    assert [e["seq"] for e in resumed.events] == [e["seq"] for e in first.events if e["seq"] > middle]
+    assert [e["seq"] for e in resumed.events] == [
+        e["seq"] for e in first.events if e["seq"] > middle
+    ]
 
 
 async def test_unknown_task_ws_close_code(service: Service) -> None:
@@ -101,7 +113,11 @@ async def test_unknown_task_ws_close_code(service: Service) -> None:
 
 def _replica_pids(deployment: str) -> list[int]:
     title = f"ServeReplica:{APP}:{deployment}"
-    return [p.pid for p in psutil.process_iter(["cmdline"]) if any(title in c for c in (p.info["cmdline"] or []))]
+    return [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if any(title in c for c in (p.info["cmdline"] or []))
+    ]
 
 
 def _processing(service: Service, task_id: str) -> bool:
@@ -118,12 +134,19 @@ def test_task_survives_ingress_crash(service: Service, jfk_path: Path) -> None:
         os.kill(pid, signal.SIGKILL)
     db = Database(service.database_url)
     row = wait_until(
-        lambda: (r := repository.get_task(db, task_id=task_id)) is not None and r.status == "completed" and r,
+        lambda: (
+            (r := repository.get_task(db, task_id=task_id)) is not None
+            and r.status == "completed"
+            and r
+        ),
         timeout=240,
         what="task completion after the ingress crash",
     )
     assert row.attempts == 1  # the runner never noticed
-    wait_until(lambda: httpx.get(f"{service.base_url}/health/ready", timeout=5).status_code == 200, timeout=120)
+    wait_until(
+        lambda: httpx.get(f"{service.base_url}/health/ready", timeout=5).status_code == 200,
+        timeout=120,
+    )
 
 
 def test_runner_crash_reruns_task(service: Service, jfk_path: Path) -> None:
@@ -135,7 +158,11 @@ def test_runner_crash_reruns_task(service: Service, jfk_path: Path) -> None:
         os.kill(pid, signal.SIGKILL)
     db = Database(service.database_url)
     row = wait_until(
-        lambda: (r := repository.get_task(db, task_id=task_id)) is not None and r.status in ("completed", "failed") and r,
+        lambda: (
+            (r := repository.get_task(db, task_id=task_id)) is not None
+            and r.status in ("completed", "failed")
+            and r
+        ),
         timeout=300,
         what="task finished after the runner crash",
     )
@@ -146,14 +173,22 @@ def test_runner_crash_reruns_task(service: Service, jfk_path: Path) -> None:
 def test_truncated_audio_ends_cleanly(service: Service, jfk_path: Path, tmp_path: Path) -> None:
     truncated = tmp_path / "truncated.flac"
     truncated.write_bytes(jfk_path.read_bytes()[: 64 * 1024])
-    r = httpx.post(f"{service.base_url}/speech-to-text", files={"file": ("t.flac", truncated.read_bytes())}, timeout=60)
+    r = httpx.post(
+        f"{service.base_url}/speech-to-text",
+        files={"file": ("t.flac", truncated.read_bytes())},
+        timeout=60,
+    )
     if r.status_code == 422:  # rejected at upload: also a clear answer
         assert r.json()["error_code"] == "invalid_audio"
         return
     task_id = r.json()["identifier"]
     db = Database(service.database_url)
     row = wait_until(
-        lambda: (x := repository.get_task(db, task_id=task_id)) is not None and x.status in ("completed", "failed") and x,
+        lambda: (
+            (x := repository.get_task(db, task_id=task_id)) is not None
+            and x.status in ("completed", "failed")
+            and x
+        ),
         timeout=120,
         what="truncated task to finish",
     )

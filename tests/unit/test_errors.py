@@ -16,7 +16,10 @@ def test_every_error_pickles_with_type_and_fields(cls: type[ServiceError]) -> No
     back = pickle.loads(pickle.dumps(exc))
     assert type(back) is cls
     assert (back.user_message, back.technical_detail, back.code, back.status_code) == (
-        "User message.", "Detail: x", cls.code, cls.status_code
+        "User message.",
+        "Detail: x",
+        cls.code,
+        cls.status_code,
     )
 
 

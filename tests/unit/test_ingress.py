@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,7 +13,14 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from common.config import IngressConfig
-from common.schemas import TaskError, TaskParams, TaskProgressStage, TaskSnapshot, TaskStatus, TaskType
+from common.schemas import (
+    TaskError,
+    TaskParams,
+    TaskProgressStage,
+    TaskSnapshot,
+    TaskStatus,
+    TaskType,
+)
 from common.settings import Settings
 from deployments.progress_state import Event, TaskProgressState
 from ingress.app import create_app
@@ -40,16 +48,16 @@ class FakeTracker:
         state = self.state(task_id)
         return state.snapshot() if state else None
 
-    async def events_after(self, task_id: str, after_seq: int, timeout_s: float) -> list[Event] | None:
+    async def events_after(
+        self, task_id: str, after_seq: int, timeout_s: float
+    ) -> list[Event] | None:
         state = self.state(task_id)
         if state is None:
             return None
         if state.seq <= after_seq and not state.status.terminal:
             self.changed.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.changed.wait(), timeout_s)
-            except TimeoutError:
-                pass
         return state.events_after(after_seq)
 
     async def ping(self) -> bool:
@@ -92,7 +100,9 @@ async def client(services: IngressServices) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-async def submit(client: httpx.AsyncClient, data: bytes, name: str = "a.flac", **params: object) -> httpx.Response:
+async def submit(
+    client: httpx.AsyncClient, data: bytes, name: str = "a.flac", **params: object
+) -> httpx.Response:
     return await client.post("/speech-to-text", params=params, files={"file": (name, data)})
 
 
@@ -118,7 +128,9 @@ async def test_hostile_filename_never_becomes_a_path(
     assert r.status_code == 200, r.text
     task = (await client.get(f"/task/{r.json()['identifier']}")).json()
     assert "/" not in task["file_name"]
-    assert all(p.parent == services.settings.upload_dir() for p in services.settings.upload_dir().iterdir())
+    assert all(
+        p.parent == services.settings.upload_dir() for p in services.settings.upload_dir().iterdir()
+    )
 
 
 @pytest.mark.parametrize(
@@ -147,7 +159,9 @@ async def test_oversize_upload_is_413(client: httpx.AsyncClient, services: Ingre
     [{"min_speakers": 3, "max_speakers": 2}, {"task": "dance"}, {"beam_size": 0}, {"vad_onset": 2}],
     ids=["min>max", "task", "beam", "vad"],
 )
-async def test_bad_parameters_are_422(client: httpx.AsyncClient, jfk_path: Path, params: dict[str, object]) -> None:
+async def test_bad_parameters_are_422(
+    client: httpx.AsyncClient, jfk_path: Path, params: dict[str, object]
+) -> None:
     r = await submit(client, jfk_path.read_bytes(), **params)
     assert r.status_code == 422, r.text
     assert r.json()["error_code"] == "invalid_request"
@@ -159,7 +173,9 @@ async def test_unknown_task_is_404_everywhere(client: httpx.AsyncClient) -> None
         assert r.status_code == 404 and r.json()["error_code"] == "task_not_found"
 
 
-async def test_progress_polling_reads_tracker(client: httpx.AsyncClient, services: IngressServices, jfk_path: Path) -> None:
+async def test_progress_polling_reads_tracker(
+    client: httpx.AsyncClient, services: IngressServices, jfk_path: Path
+) -> None:
     task_id = (await submit(client, jfk_path.read_bytes())).json()["identifier"]
     state = services.progress.state(task_id)  # type: ignore[attr-defined]
     state.start([T])
@@ -180,23 +196,37 @@ async def test_ready_reports_components(client: httpx.AsyncClient) -> None:
 
 def test_websocket_snapshot_events_then_close(services: IngressServices) -> None:
     row = repository.create_task(
-        services.db, task_id="ws1", task_type=TaskType.speech_to_text, params=TaskParams(),
-        file_name=None, audio_path=None,
+        services.db,
+        task_id="ws1",
+        task_type=TaskType.speech_to_text,
+        params=TaskParams(),
+        file_name=None,
+        audio_path=None,
     )
     tracker: FakeTracker = services.progress  # type: ignore[assignment]
     state = tracker.state(row.id)
     assert state is not None
     state.start([T])
     state.report(T, 30)
-    with TestClient(create_app(services)) as tc, tc.websocket_connect("/ws/tasks/ws1?after_seq=0") as ws:
+    with (
+        TestClient(create_app(services)) as tc,
+        tc.websocket_connect("/ws/tasks/ws1?after_seq=0") as ws,
+    ):
         snap = ws.receive_json()
         assert snap["type"] == "snapshot" and snap["seq"] == 2
         replay = [ws.receive_json(), ws.receive_json()]
         assert [e["seq"] for e in replay] == [1, 2]
-        state.finish(TaskStatus.failed, TaskError(code="invalid_audio", user_message="Bad.", technical_detail="x"))
+        state.finish(
+            TaskStatus.failed,
+            TaskError(code="invalid_audio", user_message="Bad.", technical_detail="x"),
+        )
         tracker.changed.set()
         final = ws.receive_json()
-        assert final["type"] == "error" and final["error_code"] == "invalid_audio" and final["seq"] == 3
+        assert (
+            final["type"] == "error"
+            and final["error_code"] == "invalid_audio"
+            and final["seq"] == 3
+        )
         with pytest.raises(WebSocketDisconnect) as closed:
             ws.receive_json()
         assert closed.value.code == 1000

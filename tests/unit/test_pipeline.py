@@ -57,7 +57,9 @@ class FakeAlign:
 
     async def align(self, audio: np.ndarray, req: AlignRequest) -> Transcript:
         self.calls += 1
-        return req.transcript.model_copy(update={"word_timestamps": "wav2vec2", "alignment_model": "fake"})
+        return req.transcript.model_copy(
+            update={"word_timestamps": "wav2vec2", "alignment_model": "fake"}
+        )
 
 
 class FakeDiarize:
@@ -100,9 +102,18 @@ class FakeProgress:
 
 
 def make(
-    supported: set[str], *, decode_error: bool = False, diarize_fail: bool = False, language: str | None = "en"
+    supported: set[str],
+    *,
+    decode_error: bool = False,
+    diarize_fail: bool = False,
+    language: str | None = "en",
 ) -> tuple[TaskPipeline, FakeAsr, FakeAlign, FakeDiarize, FakeProgress]:
-    asr, align, diar, progress = FakeAsr(), FakeAlign(supported), FakeDiarize(diarize_fail), FakeProgress()
+    asr, align, diar, progress = (
+        FakeAsr(),
+        FakeAlign(supported),
+        FakeDiarize(diarize_fail),
+        FakeProgress(),
+    )
 
     def decode(path: Path) -> np.ndarray:
         if decode_error:
@@ -110,7 +121,12 @@ def make(
         return AUDIO
 
     pipeline = TaskPipeline(
-        asr=asr, align=align, diarize=diar, progress=progress, decode=decode, default_language=language  # type: ignore[arg-type]
+        asr=asr,
+        align=align,
+        diarize=diar,
+        progress=progress,
+        decode=decode,
+        default_language=language,  # type: ignore[arg-type]
     )
     return pipeline, asr, align, diar, progress
 
@@ -134,7 +150,9 @@ async def test_no_aligner_uses_whisper_words_in_one_asr_pass() -> None:
     await pipeline.run(task())
     assert asr.requests[0].word_timestamps is True and asr.word_calls == 0 and align.calls == 0
     assert progress.result is not None and progress.result.word_timestamps == "whisper"
-    stage_msgs = [c[2] for c in progress.calls if c[0] == "stage" and c[1] is TaskProgressStage.aligning]
+    stage_msgs = [
+        c[2] for c in progress.calls if c[0] == "stage" and c[1] is TaskProgressStage.aligning
+    ]
     assert stage_msgs and "Whisper" in stage_msgs[0]
 
 

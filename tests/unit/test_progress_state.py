@@ -79,10 +79,15 @@ def test_seq_is_gapless_and_log_replays() -> None:
 def test_failure_emits_error_event_with_codes() -> None:
     state = started([T])
     event = state.finish(
-        TaskStatus.failed, TaskError(code="invalid_audio", user_message="Bad audio.", technical_detail="x")
+        TaskStatus.failed,
+        TaskError(code="invalid_audio", user_message="Bad audio.", technical_detail="x"),
     )
     assert isinstance(event, ErrorEvent)
-    assert (event.error_code, event.user_message, event.technical_detail) == ("invalid_audio", "Bad audio.", "x")
+    assert (event.error_code, event.user_message, event.technical_detail) == (
+        "invalid_audio",
+        "Bad audio.",
+        "x",
+    )
     assert state.finish(TaskStatus.completed) is None  # terminal is final
     assert state.report(T, 99) is None
 
@@ -104,7 +109,9 @@ def test_eta_from_elapsed_time() -> None:
     clock.now = 10.0
     event = state.report(T, 50)
     assert event is not None and event.eta_seconds is not None
-    assert event.eta_seconds == pytest.approx(10.0 * (100 - event.percentage) / event.percentage, abs=0.1)
+    assert event.eta_seconds == pytest.approx(
+        10.0 * (100 - event.percentage) / event.percentage, abs=0.1
+    )
 
 
 def test_small_moves_emit_nothing() -> None:
