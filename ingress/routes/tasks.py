@@ -30,6 +30,10 @@ logger = logging.getLogger(__name__)
 router = APIRouter()
 
 
+def _not_found(identifier: str) -> TaskNotFoundError:
+    return TaskNotFoundError("No task has this identifier.", f"task {identifier[:64]!r} not found")
+
+
 @router.post(
     "/speech-to-text",
     response_model=TaskAccepted,
@@ -144,9 +148,7 @@ async def list_tasks(
 async def get_task(identifier: str, services: ServicesDep) -> TaskPublic:
     row = await asyncio.to_thread(repository.get_task, services.db, task_id=identifier)
     if row is None:
-        raise TaskNotFoundError(
-            "No task has this identifier.", f"task {identifier[:64]!r} not found"
-        )
+        raise _not_found(identifier)
     return row.to_public()
 
 
@@ -175,9 +177,7 @@ async def get_task_progress(identifier: str, services: ServicesDep) -> TaskProgr
                 seq=row.progress_seq,
             )
     if snap is None:
-        raise TaskNotFoundError(
-            "No task has this identifier.", f"task {identifier[:64]!r} not found"
-        )
+        raise _not_found(identifier)
     return TaskProgress(
         identifier=snap.task_id,
         status=snap.status,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 
 from storage import repository
 from storage.db import Database
+from storage.models import TaskRow
 from tests.conftest import normalise
 from tests.integration.conftest import APP, Service
 from tests.streams import assert_well_ordered, collect, submit
@@ -120,54 +120,52 @@ def _replica_pids(deployment: str) -> list[int]:
     ]
 
 
-def _processing(service: Service, task_id: str) -> bool:
-    row = repository.get_task(Database(service.database_url), task_id=task_id)
-    return row is not None and row.status == "processing"
+def _row(service: Service, task_id: str) -> TaskRow | None:
+    return repository.get_task(Database(service.database_url), task_id=task_id)
+
+
+def _finished(service: Service, task_id: str, timeout: float) -> TaskRow:
+    """Poll the database (not the ingress, which may be down) until the task is terminal."""
+
+    def probe() -> TaskRow | None:
+        row = _row(service, task_id)
+        return row if row is not None and row.status in ("completed", "failed") else None
+
+    return wait_until(probe, timeout=timeout, what=f"task {task_id} to finish")
+
+
+def _kill_mid_task(service: Service, deployment: str, task_id: str) -> None:
+    """SIGKILL every replica process of ``deployment`` while ``task_id`` is processing."""
+    wait_until(
+        lambda: (r := _row(service, task_id)) is not None and r.status == "processing",
+        timeout=60,
+        what="processing",
+    )
+    pids = _replica_pids(deployment)
+    assert pids, f"{deployment} replica process not found"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
 
 
 def test_task_survives_ingress_crash(service: Service, jfk_path: Path) -> None:
     task_id = submit(service.base_url, jfk_path)
-    wait_until(lambda: _processing(service, task_id), timeout=60, what="processing")
-    pids = _replica_pids("Ingress")
-    assert pids, "ingress replica process not found"
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
-    db = Database(service.database_url)
-    row = wait_until(
-        lambda: (
-            (r := repository.get_task(db, task_id=task_id)) is not None
-            and r.status == "completed"
-            and r
-        ),
-        timeout=240,
-        what="task completion after the ingress crash",
-    )
-    assert row.attempts == 1  # the runner never noticed
+    _kill_mid_task(service, "Ingress", task_id)
+    row = _finished(service, task_id, timeout=240)
+    assert row.status == "completed" and row.attempts == 1  # the runner never noticed
     wait_until(
         lambda: httpx.get(f"{service.base_url}/health/ready", timeout=5).status_code == 200,
         timeout=120,
+        what="the restarted ingress to be ready",
     )
 
 
 def test_runner_crash_reruns_task(service: Service, jfk_path: Path) -> None:
     task_id = submit(service.base_url, jfk_path)
-    wait_until(lambda: _processing(service, task_id), timeout=60, what="processing")
-    pids = _replica_pids("TaskRunner")
-    assert pids, "runner replica process not found"
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
-    db = Database(service.database_url)
-    row = wait_until(
-        lambda: (
-            (r := repository.get_task(db, task_id=task_id)) is not None
-            and r.status in ("completed", "failed")
-            and r
-        ),
-        timeout=300,
-        what="task finished after the runner crash",
-    )
+    _kill_mid_task(service, "TaskRunner", task_id)
+    row = _finished(service, task_id, timeout=300)
     assert row.status == "completed" and row.attempts == 2
-    assert PHRASE in normalise(" ".join(s.text for s in row.to_public().result.segments))  # type: ignore[union-attr]
+    result = row.to_public().result
+    assert result is not None and PHRASE in normalise(result.text)
 
 
 def test_truncated_audio_ends_cleanly(service: Service, jfk_path: Path, tmp_path: Path) -> None:
@@ -181,17 +179,6 @@ def test_truncated_audio_ends_cleanly(service: Service, jfk_path: Path, tmp_path
     if r.status_code == 422:  # rejected at upload: also a clear answer
         assert r.json()["error_code"] == "invalid_audio"
         return
-    task_id = r.json()["identifier"]
-    db = Database(service.database_url)
-    row = wait_until(
-        lambda: (
-            (x := repository.get_task(db, task_id=task_id)) is not None
-            and x.status in ("completed", "failed")
-            and x
-        ),
-        timeout=120,
-        what="truncated task to finish",
-    )
+    row = _finished(service, r.json()["identifier"], timeout=120)
     assert row.status == "completed" or row.error_code == "invalid_audio"
     assert httpx.get(f"{service.base_url}/health/ready", timeout=10).status_code == 200
-    shutil.rmtree(tmp_path, ignore_errors=True)
