@@ -78,7 +78,8 @@ def service(
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
     }
-    os.environ.update(env)
+    # Workers get the settings through runtime_env; this process's environment stays
+    # untouched so later tests (unit tier) never see the integration database.
     ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env})
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})

@@ -74,7 +74,7 @@ class Notifier:
 
 @pytest.fixture
 def services(tmp_path: Path) -> IngressServices:
-    settings = Settings(data_dir=tmp_path)
+    settings = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'ingress.db'}")
     url = settings.resolved_database_url()
     migrate(url)
     db = Database(url)
