@@ -70,13 +70,28 @@ def stage_reporter(
     """A reporter for ``task_id``'s ``stage``, or ``None`` outside a task (single-stage calls)."""
     if not app_name or not task_id:
         return None
-    import ray
-
-    try:
-        tracker = ray.get_actor(tracker_name(app_name), namespace=TRACKER_NAMESPACE)
-    except ValueError:
+    tracker = _tracker(app_name)
+    if tracker is None:
         logger.warning(
             "progress tracker %s not found", tracker_name(app_name), extra={"task_id": task_id}
         )
         return None
     return StageReporter(tracker, task_id, stage)
+
+
+_trackers: dict[str, Any] = {}
+
+
+def _tracker(app_name: str) -> Any | None:
+    """The tracker's handle, looked up once per process (a GCS round trip otherwise).
+
+    The actor is detached and restarts in place, so a cached handle stays valid.
+    """
+    if app_name not in _trackers:
+        import ray
+
+        try:
+            _trackers[app_name] = ray.get_actor(tracker_name(app_name), namespace=TRACKER_NAMESPACE)
+        except ValueError:
+            return None
+    return _trackers[app_name]
