@@ -26,7 +26,12 @@ from common.schemas import (
     Timings,
     Transcript,
 )
-from deployments.progress_state import Event, TaskProgressState
+from deployments.progress_state import (
+    STAGE_WEIGHTS,
+    Event,
+    TaskProgressState,
+    learn_weights,
+)
 from deployments.reporting import TRACKER_NAMESPACE, tracker_name
 from storage import repository
 from storage.db import Database
@@ -74,6 +79,7 @@ class ProgressTracker:
         self._states: dict[str, TaskProgressState] = {}
         self._changed: dict[str, asyncio.Condition] = {}
         self._mirrored: dict[str, tuple[float, TaskProgressStage]] = {}
+        self._weights = dict(STAGE_WEIGHTS)  # learned from completed tasks on this cluster
 
     # ---------------------------------------------------------------- writers
 
@@ -81,7 +87,8 @@ class ProgressTracker:
         self._evict_finished()
         state = await self._state(task_id)
         if state is not None:
-            await self._publish(state, state.start([TaskProgressStage(s) for s in stages], attempt))
+            event = state.start([TaskProgressStage(s) for s in stages], attempt, self._weights)
+            await self._publish(state, event)
 
     async def enter_stage(self, task_id: str, stage: str, message: str = "") -> None:
         state = await self._state(task_id)
@@ -132,7 +139,13 @@ class ProgressTracker:
             )
         if state.finish(final, error) is not None:
             await self._notify(state)
+        if durations := state.stage_durations():
+            self._weights = learn_weights(self._weights, durations)
         return written
+
+    async def stage_weights(self) -> dict[str, float]:
+        """Current learned share of each stage (for operators and tests)."""
+        return {stage.value: round(w, 4) for stage, w in self._weights.items()}
 
     # ---------------------------------------------------------------- readers
 

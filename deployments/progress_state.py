@@ -3,10 +3,12 @@
 No Ray and no I/O here, so the rules are unit-tested directly; ``ProgressTracker`` (the
 named actor in ``progress.py``) wraps one of these per task.
 
-Overall percentage: each planned stage owns a slice of 0–99 proportional to its weight
-(transcription dominates the wall time), a stage-local percentage from whisperx's
-``progress_callback`` is mapped into that slice, and 100 is reserved for completion. The
-overall figure never goes backwards, also across a re-run after an interruption.
+Overall percentage: each planned stage owns a slice of 0–99 proportional to its weight, a
+stage-local percentage from whisperx's ``progress_callback`` is mapped into that slice, and
+100 is reserved for completion. The overall figure never goes backwards, also across a
+re-run after an interruption. The weights start as guesses and are learned from the stage
+durations of completed tasks (``learn_weights``), so bar pace and ETA fit the hardware the
+service actually runs on (diarization dominates on CPU, transcription on GPU).
 """
 
 from __future__ import annotations
@@ -36,18 +38,39 @@ MIN_STEP = 0.1  # smaller moves of the overall figure emit no event
 Event = ProgressEvent | ErrorEvent
 
 
+Weights = dict[TaskProgressStage, float]
+
+
 def stage_ranges(
-    stages: Sequence[TaskProgressStage],
+    stages: Sequence[TaskProgressStage], weights: Weights = STAGE_WEIGHTS
 ) -> dict[TaskProgressStage, tuple[float, float]]:
     """Slice of the overall 0–99 range that each planned stage covers."""
-    total = sum(STAGE_WEIGHTS[s] for s in stages) or 1.0
+    total = sum(weights[s] for s in stages) or 1.0
     ranges: dict[TaskProgressStage, tuple[float, float]] = {}
     start = 0.0
     for stage in stages:
-        end = start + IN_PROGRESS_CEILING * STAGE_WEIGHTS[stage] / total
+        end = start + IN_PROGRESS_CEILING * weights[stage] / total
         ranges[stage] = (start, end)
         start = end
     return ranges
+
+
+def learn_weights(
+    weights: Weights, durations: dict[TaskProgressStage, float], alpha: float = 0.3
+) -> Weights:
+    """Move the weights of the stages a task ran towards their share of its time.
+
+    Only the relative weights of the stages in ``durations`` change; their sum is kept, so
+    stages the task skipped keep their standing against the others.
+    """
+    total = sum(durations.values())
+    if total <= 0:
+        return dict(weights)
+    mass = sum(weights[s] for s in durations)
+    learned = dict(weights)
+    for stage, seconds in durations.items():
+        learned[stage] = max((1 - alpha) * weights[stage] + alpha * mass * seconds / total, 1e-3)
+    return learned
 
 
 @dataclass
@@ -61,27 +84,35 @@ class TaskProgressState:
     eta_seconds: float | None = None
     error: TaskError | None = None
     stages: list[TaskProgressStage] = field(default_factory=list)
+    weights: Weights = field(default_factory=lambda: dict(STAGE_WEIGHTS))
     max_events: int = 2000
     clock: Callable[[], float] = time.monotonic
     events: deque[Event] = field(init=False)
     started_at: float | None = None
     finished_at: float | None = None
+    entered_at: dict[TaskProgressStage, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.events = deque(maxlen=self.max_events)
 
     # -------------------------------------------------------------- transitions
 
-    def start(self, stages: Sequence[TaskProgressStage], attempt: int = 1) -> Event | None:
+    def start(
+        self, stages: Sequence[TaskProgressStage], attempt: int = 1, weights: Weights | None = None
+    ) -> Event | None:
         if self.status.terminal:
             return None
         self.stages = list(stages)
+        if weights is not None:
+            self.weights = dict(weights)
         self.status = TaskStatus.processing
         self.started_at = self.clock()
-        message = (
-            "Started" if attempt <= 1 else f"Restarted after an interruption (attempt {attempt})"
-        )
-        return self._enter(self.stages[0] if self.stages else TaskProgressStage.complete, message)
+        self.entered_at = {}
+        first = self.stages[0] if self.stages else TaskProgressStage.complete
+        message = first.value.capitalize()
+        if attempt > 1:
+            message = f"{message} (restarted after an interruption, attempt {attempt})"
+        return self._enter(first, message)
 
     def enter_stage(self, stage: TaskProgressStage, message: str = "") -> Event | None:
         if self.status is not TaskStatus.processing or stage not in self.stages:
@@ -98,7 +129,7 @@ class TaskProgressState:
         """A stage-local percentage (0–100) from inside a model deployment."""
         if self.status is not TaskStatus.processing or stage != self.stage:
             return None
-        lo, hi = stage_ranges(self.stages)[stage]
+        lo, hi = stage_ranges(self.stages, self.weights)[stage]
         local = max(0.0, min(100.0, local_percentage))
         overall = round(lo + (hi - lo) * local / 100.0, 1)
         if overall < self.percentage + MIN_STEP:
@@ -138,6 +169,14 @@ class TaskProgressState:
 
     # -------------------------------------------------------------- reading
 
+    def stage_durations(self) -> dict[TaskProgressStage, float]:
+        """Seconds spent in each stage of a finished run (empty if it did not complete)."""
+        if self.status is not TaskStatus.completed or self.finished_at is None:
+            return {}
+        order = [s for s in self.stages if s in self.entered_at]
+        ends = [self.entered_at[s] for s in order[1:]] + [self.finished_at]
+        return {s: max(end - self.entered_at[s], 0.0) for s, end in zip(order, ends, strict=True)}
+
     def events_after(self, seq: int) -> list[Event]:
         return [e for e in self.events if e.seq > seq]
 
@@ -160,8 +199,9 @@ class TaskProgressState:
 
     def _enter(self, stage: TaskProgressStage, message: str) -> Event:
         self.stage = stage
+        self.entered_at[stage] = self.clock()
         if stage in self.stages:
-            lo, _ = stage_ranges(self.stages)[stage]
+            lo, _ = stage_ranges(self.stages, self.weights)[stage]
             self.percentage = max(self.percentage, round(lo, 1))
         self._update_eta()
         return self._emit_progress(message or stage.value.capitalize())

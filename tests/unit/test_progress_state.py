@@ -99,7 +99,7 @@ def test_restart_keeps_percentage_and_seq() -> None:
     event = state.start([T, D], attempt=2)
     assert event is not None and event.seq == seq + 1
     assert event.percentage == pct
-    assert "attempt 2" in event.message
+    assert "attempt 2" in event.message and event.message.startswith("Transcribing")
 
 
 def test_eta_from_elapsed_time() -> None:
@@ -118,3 +118,36 @@ def test_small_moves_emit_nothing() -> None:
     state = started([T])
     assert state.report(T, 10.0) is not None
     assert state.report(T, 10.05) is None
+
+
+def test_learned_weights_follow_measured_stage_times() -> None:
+    from deployments.progress_state import STAGE_WEIGHTS, learn_weights
+
+    durations = {T: 10.0, D: 90.0}  # diarization dominates (CPU)
+    weights = dict(STAGE_WEIGHTS)
+    for _ in range(20):
+        weights = learn_weights(weights, durations)
+    mass = STAGE_WEIGHTS[T] + STAGE_WEIGHTS[D]
+    assert weights[D] / (weights[T] + weights[D]) == pytest.approx(0.9, abs=0.01)
+    assert weights[T] + weights[D] == pytest.approx(mass)
+    assert weights[A] == STAGE_WEIGHTS[A]  # a skipped stage keeps its weight
+    ranges = stage_ranges([T, D], weights)
+    assert ranges[T][1] == pytest.approx(9.9, abs=0.2)  # the bar's pace now matches
+
+
+def test_stage_durations_of_a_completed_run() -> None:
+    clock = Clock()
+    state = TaskProgressState(task_id="t", clock=clock)
+    state.start([T, D])
+    clock.now = 4.0
+    state.enter_stage(D)
+    clock.now = 10.0
+    assert state.stage_durations() == {}  # not finished yet
+    state.finish(TaskStatus.completed)
+    assert state.stage_durations() == {T: 4.0, D: 6.0}
+
+
+def test_start_message_names_the_stage() -> None:
+    state = TaskProgressState(task_id="t", clock=Clock())
+    event = state.start([T])
+    assert event is not None and event.message == "Transcribing"
