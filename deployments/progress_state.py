@@ -56,7 +56,7 @@ def stage_ranges(
 
 
 def learn_weights(
-    weights: Weights, durations: dict[TaskProgressStage, float], alpha: float = 0.3
+    weights: Weights, durations: dict[TaskProgressStage, float], alpha: float = 0.5
 ) -> Weights:
     """Move the weights of the stages a task ran towards their share of its time.
 
