@@ -34,6 +34,7 @@ STAGE_WEIGHTS: dict[TaskProgressStage, float] = {
 }
 IN_PROGRESS_CEILING = 99.0
 MIN_STEP = 0.1  # smaller moves of the overall figure emit no event
+MIN_STAGE_FRACTION_FOR_ETA = 0.05  # a stage's own pace is trusted once it is 5% done
 
 Event = ProgressEvent | ErrorEvent
 
@@ -207,11 +208,23 @@ class TaskProgressState:
         return self._emit_progress(message or stage.value.capitalize())
 
     def _update_eta(self) -> None:
-        if self.started_at is None or self.percentage < 1.0:
-            self.eta_seconds = None
-            return
-        elapsed = self.clock() - self.started_at
-        self.eta_seconds = round(elapsed * (100.0 - self.percentage) / self.percentage, 1)
+        """Seconds to completion: the current stage's own pace for its remainder, and the
+        learned weights for the stages after it; the overall pace until a stage has one."""
+        self.eta_seconds = None
+        now = self.clock()
+        ranges = stage_ranges(self.stages, self.weights) if self.stages else {}
+        if self.stage in ranges and self.stage in self.entered_at:
+            lo, hi = ranges[self.stage]
+            done = (self.percentage - lo) / (hi - lo) if hi > lo else 0.0
+            if done >= MIN_STAGE_FRACTION_FOR_ETA:
+                stage_total = (now - self.entered_at[self.stage]) / done
+                later = self.stages[self.stages.index(self.stage) + 1 :]
+                ratio = sum(self.weights[s] for s in later) / self.weights[self.stage]
+                self.eta_seconds = round(stage_total * (1 - done + ratio), 1)
+                return
+        if self.started_at is not None and self.percentage >= 1.0:
+            elapsed = now - self.started_at
+            self.eta_seconds = round(elapsed * (100.0 - self.percentage) / self.percentage, 1)
 
     def _emit_progress(self, message: str) -> ProgressEvent:
         self.message = message

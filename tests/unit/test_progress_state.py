@@ -102,16 +102,27 @@ def test_restart_keeps_percentage_and_seq() -> None:
     assert "attempt 2" in event.message and event.message.startswith("Transcribing")
 
 
-def test_eta_from_elapsed_time() -> None:
+def test_eta_uses_the_current_stage_pace_and_weights_of_later_stages() -> None:
+    clock = Clock()
+    state = TaskProgressState(task_id="t", clock=clock, weights={T: 1.0, A: 1.0, D: 3.0})
+    state.start([T, D])
+    clock.now = 10.0
+    event = state.report(T, 50)  # transcription: half done in 10 s -> 20 s in all
+    assert event is not None and event.eta_seconds == pytest.approx(10 + 3 * 20, abs=0.5)
+    clock.now = 20.0
+    state.enter_stage(D)
+    clock.now = 50.0
+    event = state.report(D, 25)  # diarization: a quarter in 30 s -> 90 s more, nothing after
+    assert event is not None and event.eta_seconds == pytest.approx(90, abs=1)
+
+
+def test_eta_falls_back_to_overall_pace_early_in_a_stage() -> None:
     clock = Clock()
     state = TaskProgressState(task_id="t", clock=clock)
     state.start([T])
     clock.now = 10.0
-    event = state.report(T, 50)
-    assert event is not None and event.eta_seconds is not None
-    assert event.eta_seconds == pytest.approx(
-        10.0 * (100 - event.percentage) / event.percentage, abs=0.1
-    )
+    event = state.report(T, 2)  # under 5% of the stage: too early for its own pace
+    assert event is not None and event.eta_seconds == pytest.approx(10 * (100 - 2) / 2, rel=0.05)
 
 
 def test_small_moves_emit_nothing() -> None:
