@@ -31,6 +31,7 @@ class Service:
     ws_url: str
     database_url: str
     data_dir: Path
+    app_args: dict[str, object]
 
 
 def _free_port() -> int:
@@ -114,6 +115,6 @@ def service(
         timeout=300,
         what="/health/ready",
     )
-    yield Service(base, f"ws://127.0.0.1:{port}", pg_schema_url, data_dir)
+    yield Service(base, f"ws://127.0.0.1:{port}", pg_schema_url, data_dir, args)
     serve.shutdown()
     ray.shutdown()

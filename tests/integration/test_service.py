@@ -182,3 +182,69 @@ def test_truncated_audio_ends_cleanly(service: Service, jfk_path: Path, tmp_path
     row = _finished(service, r.json()["identifier"], timeout=120)
     assert row.status == "completed" or row.error_code == "invalid_audio"
     assert httpx.get(f"{service.base_url}/health/ready", timeout=10).status_code == 200
+
+
+def test_polling_survives_a_tracker_restart(service: Service, jfk_path: Path) -> None:
+    import ray
+
+    from deployments.reporting import TRACKER_NAMESPACE, tracker_name
+
+    task_id = submit(service.base_url, jfk_path, diarize="false")
+    assert _finished(service, task_id, timeout=120).status == "completed"
+    tracker = ray.get_actor(tracker_name(APP), namespace=TRACKER_NAMESPACE)
+    ray.kill(tracker, no_restart=False)  # crash it; Ray restarts it with empty memory
+
+    def polled() -> dict | None:  # type: ignore[type-arg]
+        r = httpx.get(f"{service.base_url}/tasks/{task_id}/progress", timeout=10)
+        return r.json() if r.status_code == 200 else None
+
+    body = wait_until(polled, timeout=60, what="progress after the tracker restart")
+    assert (body["status"], body["progress_percentage"], body["progress_stage"]) == (
+        "completed",
+        100.0,
+        "complete",
+    )
+    assert ray.get(tracker.ping.remote(), timeout=30)  # the old handle reaches the new actor
+
+
+def _long_clip(jfk_path: Path, path: Path, repeats: int = 6) -> Path:
+    """~66 s of speech, long enough that a redeploy lands mid-task."""
+    import wave
+
+    import numpy as np
+
+    from deployments.audio import decode_audio
+
+    audio = np.tile(decode_audio(jfk_path), repeats)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16_000)
+        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
+
+
+def test_redeploy_of_the_whole_app_never_strands_a_task(
+    service: Service, jfk_path: Path, tmp_path: Path
+) -> None:
+    from ray import serve
+
+    from ingress.builder import build_app
+
+    task_id = submit(service.base_url, _long_clip(jfk_path, tmp_path / "long.wav"))
+    wait_until(
+        lambda: (r := _row(service, task_id)) is not None and r.status == "processing",
+        timeout=60,
+        what="processing",
+    )
+    serve.delete(APP)  # graceful: the runner hands its task back to the queue
+    row = _row(service, task_id)
+    assert row is not None and row.status == "queued" and row.claimed_by is None  # handed back
+    serve.run(build_app(service.app_args), name=APP, route_prefix="/")
+    row = _finished(service, task_id, timeout=300)
+    assert row.status == "completed" and row.attempts == 1  # a hand-back is no failed attempt
+    wait_until(
+        lambda: httpx.get(f"{service.base_url}/health/ready", timeout=5).status_code == 200,
+        timeout=120,
+        what="ready after the redeploy",
+    )
