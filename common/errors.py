@@ -85,18 +85,22 @@ class ProcessingError(ServiceError):
     status_code, code = 500, "processing_failed"
 
 
+_REQUEST_PARTS = ("body", "query", "path", "header", "form")
+
+
 def validation_error_from(exc: Exception) -> InvalidRequestError:
-    """A pydantic ValidationError as a 422 naming each bad field."""
+    """A pydantic (or FastAPI request) validation error as a 422 naming each bad field."""
     errors = getattr(exc, "errors", None)
     if callable(errors):
-        parts = [
-            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}".lstrip(": ")
-            for e in errors()
-        ]
+        parts = []
+        for e in errors():
+            loc = ".".join(str(p) for p in e.get("loc", ()) if p not in _REQUEST_PARTS)
+            msg = str(e.get("msg", "invalid"))
+            parts.append(f"{loc}: {msg}" if loc else msg)
         detail = one_line("; ".join(parts))
     else:
         detail = one_line(str(exc))
-    return InvalidRequestError(f"Invalid parameters: {detail}", detail)
+    return InvalidRequestError(f"Invalid request: {detail}", detail)
 
 
 def as_service_error(exc: BaseException) -> ServiceError:

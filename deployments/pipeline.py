@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from deployments.clients import AlignClient, AsrClient, DiarizeClient, ProgressS
 logger = logging.getLogger(__name__)
 
 Decoder = Callable[[Path], np.ndarray]
+DurationSink = Callable[[str, float], Awaitable[None]]
 SAMPLE_RATE = 16_000
 
 
@@ -62,11 +63,13 @@ class TaskPipeline:
         progress: ProgressSink,
         decode: Decoder,
         default_language: str | None = None,
+        record_duration: DurationSink | None = None,
     ) -> None:
         self._asr, self._align, self._diarize = asr, align, diarize
         self._progress = progress
         self._decode = decode
         self._default_language = default_language
+        self._record_duration = record_duration
 
     async def run(self, task: TaskInput) -> TaskOutcome:
         timings = Timings(queued=task.queued_seconds)
@@ -78,6 +81,8 @@ class TaskPipeline:
             audio = await asyncio.to_thread(self._decode, task.audio_path)
             timings.decode = round(time.perf_counter() - t0, 3)
             duration = round(len(audio) / SAMPLE_RATE, 3)
+            if self._record_duration is not None:  # before the result is published
+                await self._record_duration(task.task_id, duration)
             transcript = await self._process(task, audio, timings)
             timings.total = round(time.perf_counter() - started, 3)
             await self._progress.finish(

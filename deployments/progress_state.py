@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from common.schemas import (
     ErrorEvent,
@@ -240,3 +241,29 @@ class TaskProgressState:
         )
         self.events.append(event)
         return event
+
+
+def state_from_row(row: Any) -> TaskProgressState:
+    """Rebuild live state from a task row (after a tracker restart, or a task not yet seen)."""
+    error = None
+    if row.error_code:
+        error = TaskError(
+            code=row.error_code,
+            user_message=row.error_message or "",
+            technical_detail=row.error_detail or "",
+        )
+    state = TaskProgressState(
+        task_id=row.id,
+        status=TaskStatus(row.status),
+        stage=TaskProgressStage(row.progress_stage),
+        percentage=float(row.progress_percentage or 0.0),
+        seq=int(row.progress_seq or 0),
+        message=row.progress_message or "",
+        error=error,
+    )
+    if state.status.terminal:
+        # Replay the terminal event to late subscribers, under the seq it was stored with.
+        status, state.status = state.status, TaskStatus.processing
+        state.seq = max(state.seq - 1, 0)
+        state.finish(status, error)
+    return state

@@ -66,12 +66,18 @@ class TaskRunner:
             progress=self._progress,
             decode=decode_audio,
             default_language=default_language,
+            record_duration=self._record_duration,
         )
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._claim_loop = asyncio.create_task(self._claim_forever())
         self._lease_loop = asyncio.create_task(self._renew_forever())
         logger.info("task runner %s started", self._worker_id)
+
+    async def _record_duration(self, task_id: str, duration: float) -> None:
+        await asyncio.to_thread(
+            repository.set_audio_duration, self._db, task_id=task_id, duration=duration
+        )
 
     async def notify(self) -> None:
         self._wake.set()
@@ -174,13 +180,6 @@ class TaskRunner:
                     queued_seconds=round(queued, 3) if queued is not None else None,
                 )
             )
-            if outcome.duration_s is not None:
-                await asyncio.to_thread(
-                    repository.set_audio_duration,
-                    self._db,
-                    task_id=task_id,
-                    duration=outcome.duration_s,
-                )
             logger.info("task %s %s", task_id, outcome.status.value, extra={"task_id": task_id})
         except asyncio.CancelledError:
             logger.warning("task %s stopped", task_id, extra={"task_id": task_id})

@@ -60,7 +60,7 @@ async def serve_deployment_statuses(app_name: str) -> dict[str, str]:
 @serve.ingress()
 class Ingress:
     async def __init__(  # type: ignore[misc]  # Serve runs async constructors
-        self, runner: Any, *, app_name: str, config: IngressConfig
+        self, runner: Any, *, app_name: str, config: IngressConfig, mirror_interval_s: float
     ) -> None:
         settings = Settings()
         url = settings.resolved_database_url()
@@ -75,7 +75,9 @@ class Ingress:
             settings=settings,
             config=config,
             db=Database(url),
-            progress=ProgressClient(get_or_create_tracker(app_name, url)),
+            progress=ProgressClient(
+                get_or_create_tracker(app_name, url, mirror_interval_s=mirror_interval_s)
+            ),
             runner=RunnerClient(runner),
             deployments_ready=deployments_ready,
         )

@@ -91,5 +91,10 @@ def build_app(raw_args: dict[str, Any]) -> Application:
         config=args.runner,
         default_language=default_language(args.asr),
     )
-    built: Application = Ingress.bind(task_runner, app_name=name, config=args.ingress)
+    built: Application = Ingress.bind(
+        task_runner,
+        app_name=name,
+        config=args.ingress,
+        mirror_interval_s=args.runner.db_mirror_interval_seconds,  # whoever creates the tracker
+    )
     return built

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from common.errors import InvalidRequestError, ServiceError, as_service_error, one_line
+from common.errors import ServiceError, as_service_error, validation_error_from
 
 logger = logging.getLogger(__name__)
 
@@ -39,22 +39,13 @@ def response_for(exc: BaseException) -> JSONResponse:
     return JSONResponse(status_code=err.status_code, content=body.model_dump())
 
 
-def _validation_message(exc: RequestValidationError) -> InvalidRequestError:
-    parts = []
-    for e in exc.errors():
-        loc = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path"))
-        parts.append(f"{loc}: {e.get('msg', 'invalid')}" if loc else str(e.get("msg", "invalid")))
-    detail = one_line("; ".join(parts))
-    return InvalidRequestError(f"Invalid request: {detail}", detail)
-
-
 def install_error_handlers(app: FastAPI) -> None:
     async def on_service_error(_: Request, exc: Exception) -> JSONResponse:
         return response_for(exc)
 
     async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return response_for(_validation_message(exc))
+        return response_for(validation_error_from(exc))
 
     app.add_exception_handler(ServiceError, on_service_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

@@ -16,11 +16,11 @@ from common.schemas import (
     TaskAccepted,
     TaskParams,
     TaskProgress,
-    TaskProgressStage,
     TaskPublic,
     TaskStatus,
     TaskType,
 )
+from deployments.progress_state import state_from_row
 from ingress.errors import error_responses
 from ingress.services import ServicesDep
 from ingress.uploads import display_name, save_upload, storage_path
@@ -164,18 +164,8 @@ async def get_task_progress(identifier: str, services: ServicesDep) -> TaskProgr
         snap = await services.progress.snapshot(identifier)
     except Exception:  # tracker unreachable: the database is the durable copy
         logger.warning("progress tracker unavailable; reading the database", exc_info=True)
-        snap = None
         row = await asyncio.to_thread(repository.get_task, services.db, task_id=identifier)
-        if row is not None:
-            return TaskProgress(
-                identifier=row.id,
-                status=TaskStatus(row.status),
-                progress_percentage=row.progress_percentage,
-                progress_stage=TaskProgressStage(row.progress_stage),
-                error=row.error_message,
-                error_code=row.error_code,
-                seq=row.progress_seq,
-            )
+        snap = state_from_row(row).snapshot() if row is not None else None
     if snap is None:
         raise _not_found(identifier)
     return TaskProgress(
