@@ -36,40 +36,89 @@ class TaskProgressStage(StrEnum):
 
 
 class TaskType(StrEnum):
+    """What a task runs: the whole pipeline, or one stage (the ``/service/*`` routes)."""
+
     speech_to_text = "speech-to-text"
+    """Transcription, then (as asked) word alignment and diarization."""
+    transcribe = "transcribe"
+    """ASR only (``/service/transcribe``)."""
+    align = "align"
+    """Word alignment of a given transcript against its audio (``/service/align``)."""
+    diarize = "diarize"
+    """Speaker turns only (``/service/diarize``)."""
+    combine = "combine"
+    """Speaker labels assigned to a given transcript's words (``/service/combine``)."""
 
 
 # ---------------------------------------------------------------- task parameters
 
+ComputeType = Literal[
+    "default", "float16", "float32", "bfloat16", "int8", "int8_float16", "int8_float32"
+]
+Probability = Annotated[float, Field(ge=0, le=1)]
+
 
 class AsrOptions(BaseModel):
-    """Per-request ASR options; anything left unset uses the deployment's configured default."""
+    """Per-request ASR options; anything left unset uses the deployment's configured default.
 
-    model_config = ConfigDict(extra="forbid")
+    The names follow whisperx (``asr_options``, ``vad_options``) and whisperX-FastAPI.
+    """
 
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: Annotated[str | None, Field(max_length=200)] = None
+    """A Whisper model the ASR deployment is configured to serve; unset = its default."""
+    compute_type: ComputeType | None = None
     language: Annotated[str | None, Field(min_length=2, max_length=8, pattern=r"^[a-zA-Z-]+$")] = (
         None
     )
     task: Literal["transcribe", "translate"] = "transcribe"
     batch_size: Annotated[int | None, Field(ge=1, le=128)] = None
+    # decoding
     beam_size: Annotated[int | None, Field(ge=1, le=20)] = None
+    best_of: Annotated[int | None, Field(ge=1, le=20)] = None
+    patience: Annotated[float | None, Field(gt=0, le=10)] = None
+    length_penalty: Annotated[float | None, Field(ge=0, le=10)] = None
+    temperatures: Annotated[list[Probability] | None, Field(min_length=1, max_length=10)] = None
+    compression_ratio_threshold: Annotated[float | None, Field(gt=0, le=100)] = None
+    log_prob_threshold: Annotated[float | None, Field(ge=-100, le=0)] = None
+    no_speech_threshold: Probability | None = None
+    condition_on_previous_text: bool | None = None
     initial_prompt: Annotated[str | None, Field(max_length=2000)] = None
+    hotwords: Annotated[str | None, Field(max_length=2000)] = None
+    suppress_numerals: bool | None = None
+    # voice activity detection
     vad_onset: Annotated[float | None, Field(gt=0, lt=1)] = None
     vad_offset: Annotated[float | None, Field(gt=0, lt=1)] = None
     chunk_size: Annotated[int | None, Field(ge=1, le=30)] = None
 
 
+InterpolateMethod = Literal["nearest", "linear", "ignore"]
+
+
+class AlignOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    align_model: Annotated[str | None, Field(max_length=200)] = None
+    """A wav2vec2 model the alignment deployment is configured to serve for the language."""
+    interpolate_method: InterpolateMethod = "nearest"
+    return_char_alignments: bool = False
+
+
 class TaskParams(BaseModel):
-    """What one speech-to-text task asks for."""
+    """What one task asks for."""
 
     model_config = ConfigDict(extra="forbid")
 
     asr: AsrOptions = AsrOptions()
+    alignment: AlignOptions = AlignOptions()
     align: bool = True
     diarize: bool = True
     num_speakers: Annotated[int | None, Field(ge=1, le=50)] = None
     min_speakers: Annotated[int | None, Field(ge=1, le=50)] = None
     max_speakers: Annotated[int | None, Field(ge=1, le=50)] = None
+    callback_url: Annotated[str | None, Field(max_length=2048)] = None
+    """Receives the final task (``TaskPublic`` JSON) by POST on completion or failure."""
 
     @model_validator(mode="after")
     def _speakers_consistent(self) -> TaskParams:
@@ -80,8 +129,16 @@ class TaskParams(BaseModel):
             raise ValueError(f"num_speakers ({n}) must lie between min_speakers and max_speakers")
         return self
 
-    def stages(self) -> list[TaskProgressStage]:
+    def stages(self, task_type: TaskType = TaskType.speech_to_text) -> list[TaskProgressStage]:
         """The progress stages this task goes through, in order."""
+        single = {
+            TaskType.transcribe: TaskProgressStage.transcribing,
+            TaskType.align: TaskProgressStage.aligning,
+            TaskType.diarize: TaskProgressStage.diarizing,
+            TaskType.combine: TaskProgressStage.diarizing,
+        }
+        if task_type in single:
+            return [single[task_type]]
         stages = [TaskProgressStage.transcribing]
         if self.align:
             stages.append(TaskProgressStage.aligning)
@@ -101,12 +158,21 @@ class Word(BaseModel):
     speaker: str | None = None
 
 
+class Char(BaseModel):
+    char: str
+    start: float | None = None
+    end: float | None = None
+    score: float | None = None
+
+
 class Segment(BaseModel):
     start: float
     end: float
     text: str
     speaker: str | None = None
     words: list[Word] = []
+    chars: list[Char] | None = None
+    """Per-character alignment, when ``return_char_alignments`` was asked for."""
     avg_logprob: float | None = None
 
 
@@ -127,8 +193,8 @@ class Transcript(BaseModel):
     model itself, or ``None`` when the transcript has segment times only.
     """
 
-    language: str
-    segments: list[Segment]
+    language: str | None = None
+    segments: list[Segment] = []
     word_timestamps: WordTimestampMethod | None = None
     alignment_model: str | None = None
     speakers: list[str] = []
@@ -151,8 +217,7 @@ class AsrRequest(BaseModel):
 class AlignRequest(BaseModel):
     task_id: str | None = None
     transcript: Transcript
-    interpolate_method: Literal["nearest", "linear", "ignore"] = "nearest"
-    return_char_alignments: bool = False
+    options: AlignOptions = AlignOptions()
 
 
 class DiarizeRequest(BaseModel):
@@ -233,6 +298,10 @@ class TaskProgress(BaseModel):
     error: str | None = None
     error_code: str | None = None
     seq: int = 0
+    queue_position: int | None = None
+    """While queued: 1 when the task is next to start."""
+    message: str = ""
+    eta_seconds: float | None = None
 
 
 # ---------------------------------------------------------------- task records over HTTP
@@ -255,6 +324,21 @@ class TaskAccepted(BaseModel):
     message: str
     progress_url: str
     websocket_url: str
+
+
+class TaskDeleted(BaseModel):
+    identifier: str
+    message: str
+
+
+class TaskPage(BaseModel):
+    """One page of ``GET /task/all``."""
+
+    tasks: list[TaskPublic]
+    total: int
+    """Tasks matching the filters, over all pages."""
+    limit: int
+    offset: int
 
 
 class TaskPublic(BaseModel):

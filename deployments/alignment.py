@@ -23,11 +23,16 @@ import numpy as np
 from ray import serve
 
 from common.config import AlignConfig
-from common.errors import ModelUnavailableError, ProcessingError, ServiceError
-from common.schemas import AlignRequest, Segment, TaskProgressStage, Transcript, Word
+from common.errors import (
+    InvalidRequestError,
+    ModelUnavailableError,
+    ProcessingError,
+    ServiceError,
+)
+from common.schemas import AlignRequest, Char, Segment, TaskProgressStage, Transcript, Word
 from deployments.asr import check_device, resolve_model_path
 from deployments.audio import SAMPLE_RATE
-from deployments.reporting import stage_reporter
+from deployments.reporting import run_stoppable, stage_reporter
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +82,22 @@ class AlignmentEngine:
 
     # ------------------------------------------------------------------ models
 
-    def _resolve(self, language: str) -> tuple[str, str] | None:
-        """(name to report, reference to load) for ``language``, or None."""
+    def _resolve(self, language: str, requested: str | None = None) -> tuple[str, str] | None:
+        """(name to report, reference to load) for ``language``, or None.
+
+        ``requested`` (a request's ``align_model``) must be one this deployment serves: a
+        configured model, or a whisperx default when defaults are enabled.
+        """
+        if requested is not None:
+            configured = set(self._config.models.values())
+            if requested in configured:
+                return requested, resolve_model_path(requested, self._models_dir)
+            if self._config.use_default_models and requested in _default_models():
+                return requested, requested
+            raise InvalidRequestError(
+                f"The alignment model '{requested}' is not served here.",
+                f"align_model {requested!r} not configured; configured: {sorted(configured)}",
+            )
         name = self._config.models.get(language)
         if name is not None:
             return name, resolve_model_path(name, self._models_dir)
@@ -92,8 +111,8 @@ class AlignmentEngine:
                 return default, default
         return None
 
-    def model_name(self, language: str) -> str | None:
-        resolved = self._resolve(language.lower())
+    def model_name(self, language: str, requested: str | None = None) -> str | None:
+        resolved = self._resolve(language.lower(), requested)
         return resolved[0] if resolved else None
 
     def supports(self, language: str) -> bool:
@@ -119,27 +138,28 @@ class AlignmentEngine:
             self._supported[language] = answer
         return answer
 
-    def _get_model(self, language: str) -> tuple[Any, dict[str, Any]]:
+    def _get_model(self, language: str, requested: str | None = None) -> tuple[Any, dict[str, Any]]:
+        key = f"{language}|{requested or ''}"
         with self._lock:
-            if language in self._models:
-                self._models.move_to_end(language)
-                return self._models[language]
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
         with self._load_lock:
             with self._lock:
-                if language in self._models:
-                    return self._models[language]
-            loaded = self._load(language)
+                if key in self._models:
+                    return self._models[key]
+            loaded = self._load(language, requested)
             with self._lock:
-                self._models[language] = loaded
+                self._models[key] = loaded
                 while len(self._models) > self._config.max_cached_models:
                     evicted, _ = self._models.popitem(last=False)
                     logger.info("evicted alignment model for %s", evicted)
             return loaded
 
-    def _load(self, language: str) -> tuple[Any, dict[str, Any]]:
+    def _load(self, language: str, requested: str | None = None) -> tuple[Any, dict[str, Any]]:
         import whisperx
 
-        resolved = self._resolve(language)
+        resolved = self._resolve(language, requested)
         if resolved is None:
             raise ModelUnavailableError(
                 f"No word-alignment model is available for language '{language}'.",
@@ -205,14 +225,14 @@ class AlignmentEngine:
     ) -> Transcript:
         import whisperx
 
-        transcript = req.transcript
-        language = transcript.language.lower()
-        if not self.supports(language):
+        transcript, options = req.transcript, req.options
+        language = (transcript.language or "").lower()
+        if options.align_model is None and not self.supports(language):
             raise ModelUnavailableError(
                 f"No word-alignment model is available for language '{language}'.",
                 f"no usable aligner for language={language}",
             )
-        model, metadata = self._get_model(language)
+        model, metadata = self._get_model(language, options.align_model)
         self._check_punkt(language)
         started = time.perf_counter()
         segments: list[Segment] = []
@@ -230,8 +250,8 @@ class AlignmentEngine:
                     metadata,
                     audio,
                     self._config.device,
-                    interpolate_method=req.interpolate_method,
-                    return_char_alignments=req.return_char_alignments,
+                    interpolate_method=options.interpolate_method,
+                    return_char_alignments=options.return_char_alignments,
                 )
             except Exception as exc:
                 raise ProcessingError.from_exception(exc, "Word alignment failed.") from exc
@@ -253,7 +273,7 @@ class AlignmentEngine:
             update={
                 "segments": segments,
                 "word_timestamps": "wav2vec2",
-                "alignment_model": self.model_name(language),
+                "alignment_model": self.model_name(language, options.align_model),
             }
         )
 
@@ -275,6 +295,7 @@ def _to_segments(original: Segment, aligned: list[dict[str, Any]]) -> list[Segme
         if not words:  # no alignable characters: keep the words, without times
             words = [Word(word=w) for w in text.split()]
         start, end = _num(sub.get("start")), _num(sub.get("end"))
+        chars = sub.get("chars")
         out.append(
             Segment(
                 start=original.start if start is None else start,
@@ -282,6 +303,7 @@ def _to_segments(original: Segment, aligned: list[dict[str, Any]]) -> list[Segme
                 text=text,
                 speaker=original.speaker,
                 words=words,
+                chars=None if chars is None else [_char(c) for c in chars],
                 avg_logprob=original.avg_logprob,
             )
         )
@@ -290,6 +312,21 @@ def _to_segments(original: Segment, aligned: list[dict[str, Any]]) -> list[Segme
             original.model_copy(update={"words": [Word(word=w) for w in original.text.split()]})
         )
     return out
+
+
+def _char(item: dict[str, Any]) -> Char:
+    return Char(
+        char=str(item.get("char", "")),
+        start=_num(item.get("start")),
+        end=_num(item.get("end")),
+        score=_num(item.get("score")),
+    )
+
+
+def _default_models() -> set[str]:
+    from whisperx.alignment import DEFAULT_ALIGN_MODELS_HF, DEFAULT_ALIGN_MODELS_TORCH
+
+    return {*DEFAULT_ALIGN_MODELS_TORCH.values(), *DEFAULT_ALIGN_MODELS_HF.values()}
 
 
 @serve.deployment(name="AlignmentDeployment", max_ongoing_requests=4)
@@ -305,7 +342,7 @@ class AlignmentDeployment:
 
     async def align(self, audio: np.ndarray, req: AlignRequest) -> Transcript:
         progress = stage_reporter(self._app_name, req.task_id, TaskProgressStage.aligning)
-        return await asyncio.to_thread(self._engine.align, audio, req, progress)
+        return await run_stoppable(lambda report: self._engine.align(audio, req, report), progress)
 
     def ping(self) -> bool:
         return True

@@ -11,11 +11,11 @@ heads, as faster-whisper does) and are computed per transcript segment.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from common.errors import (
 )
 from common.schemas import AsrOptions, AsrRequest, Segment, TaskProgressStage, Transcript, Word
 from deployments.audio import SAMPLE_RATE
-from deployments.reporting import stage_reporter
+from deployments.reporting import run_stoppable, stage_reporter
 
 logger = logging.getLogger(__name__)
 
@@ -79,23 +79,65 @@ class _StageProgress:
 class AsrEngine:
     def __init__(self, config: AsrConfig, *, models_dir: Path | None = None) -> None:
         import torch
-        import whisperx
 
         check_device(config.device, "ASR")
         self._config = config
-        compute_type = config.compute_type
-        if compute_type == "default":
-            compute_type = "float16" if config.device == "cuda" else "int8"
+        self._models_dir = models_dir
         if config.device == "cpu":
             # torch runs only pyannote's VAD LSTM here (Whisper itself uses CTranslate2's
             # cpu_threads). One thread: with 2, the LSTM's per-step barriers stalled for
             # 20-40 s instead of 0.2 s on a busy 2-core host.
             torch.set_num_threads(1)
-        model_ref = resolve_model_path(config.model, models_dir)
+        self._lock = threading.RLock()
+        self._loaded: OrderedDict[tuple[str, str], _Loaded] = OrderedDict()
+        default = self._get(None, None)
+        self._pipeline: Any = default.pipeline
+        self.multilingual = default.multilingual
+
+    # ------------------------------------------------------------------ models
+
+    @property
+    def model_names(self) -> list[str]:
+        """The names a request may give as ``model``."""
+        return [self._config.model, *self._config.models]
+
+    def _compute_type(self, requested: str | None) -> str:
+        compute_type = requested or self._config.compute_type
+        if compute_type == "default":
+            compute_type = "float16" if self._config.device == "cuda" else "int8"
+        return compute_type
+
+    def _get(self, model: str | None, compute_type: str | None) -> _Loaded:
+        """The pipeline for (model, compute type): loaded once, kept in a small LRU."""
+        name = model or self._config.model
+        if name not in self.model_names:
+            raise InvalidRequestError(
+                f"The model '{name}' is not served here. Available: "
+                + ", ".join(repr(n) for n in self.model_names)
+                + ".",
+                f"unknown ASR model {name!r}",
+            )
+        key = (name, self._compute_type(compute_type))
+        with self._lock:
+            if key in self._loaded:
+                self._loaded.move_to_end(key)
+                return self._loaded[key]
+            loaded = self._load(*key)
+            self._loaded[key] = loaded
+            while len(self._loaded) > self._config.max_loaded_models:
+                evicted, _ = self._loaded.popitem(last=False)
+                logger.info("unloaded ASR model %s (%s)", *evicted)
+            return loaded
+
+    def _load(self, name: str, compute_type: str) -> _Loaded:
+        import whisperx
+
+        config = self._config
+        ref = config.models.get(name, name)
         started = time.perf_counter()
         try:
-            self._pipeline: Any = whisperx.load_model(
-                model_ref,
+            pipeline = whisperx.load_model(
+                resolve_model_path(ref, self._models_dir),
                 config.device,
                 compute_type=compute_type,
                 language=config.language,
@@ -108,78 +150,97 @@ class AsrEngine:
                 local_files_only=config.local_files_only,
                 threads=config.cpu_threads,
             )
+        except ValueError as exc:
+            if "compute type" in str(exc):  # CTranslate2: not supported on this device
+                raise InvalidRequestError(
+                    f"The compute type '{compute_type}' is not supported on this server's "
+                    f"{config.device.upper()}.",
+                    str(exc),
+                ) from exc
+            raise ModelUnavailableError.from_exception(
+                exc, f"The speech recognition model '{name}' could not be loaded."
+            ) from exc
         except Exception as exc:
             raise ModelUnavailableError.from_exception(
-                exc, f"The speech recognition model '{config.model}' could not be loaded."
+                exc, f"The speech recognition model '{name}' could not be loaded."
             ) from exc
-        self._lock = threading.RLock()
-        self.multilingual = bool(self._pipeline.model.model.is_multilingual)
+        loaded = _Loaded(name, pipeline, bool(pipeline.model.model.is_multilingual))
         logger.info(
             "loaded ASR model %s (%s, %s, multilingual=%s) in %.2f s",
-            config.model,
+            name,
             config.device,
             compute_type,
-            self.multilingual,
+            loaded.multilingual,
             time.perf_counter() - started,
         )
+        return loaded
 
     # ------------------------------------------------------------------ requests
 
-    def _validate(self, options: AsrOptions) -> tuple[str | None, str]:
+    def _validate(self, options: AsrOptions, loaded: _Loaded) -> tuple[str | None, str]:
         """The request's (language, task), or InvalidRequestError for what the model can't do."""
         language = options.language.lower() if options.language else self._config.language
-        if not self.multilingual:
+        if not loaded.multilingual:
             if language not in (None, "en"):
                 raise InvalidRequestError(
-                    f"The model '{self._config.model}' is English-only and cannot transcribe "
+                    f"The model '{loaded.name}' is English-only and cannot transcribe "
                     f"language '{language}'. Leave the language unset or use 'en'.",
                     f"English-only model, requested language={language}",
                 )
             if options.task == "translate":
                 raise InvalidRequestError(
-                    f"The model '{self._config.model}' is English-only and cannot translate. "
+                    f"The model '{loaded.name}' is English-only and cannot translate. "
                     "Use task 'transcribe' or a multilingual model.",
                     "English-only model, requested task=translate",
                 )
             return "en", "transcribe"
-        supported = self._pipeline.model.supported_languages
+        supported = loaded.pipeline.model.supported_languages
         if language is not None and language not in supported:
             raise InvalidRequestError(
-                f"Language '{language}' is not supported by the model '{self._config.model}'.",
+                f"Language '{language}' is not supported by the model '{loaded.name}'.",
                 f"unknown language code {language}",
             )
         return language, options.task
 
-    def _tokenizer(self, language: str, task: str) -> Any:
+    @staticmethod
+    def _tokenizer(loaded: _Loaded, language: str, task: str) -> Any:
         from faster_whisper.tokenizer import Tokenizer
 
-        model = self._pipeline.model
-        return Tokenizer(model.hf_tokenizer, self.multilingual, task=task, language=language)
+        model = loaded.pipeline.model
+        return Tokenizer(model.hf_tokenizer, loaded.multilingual, task=task, language=language)
 
     def transcribe(
         self, audio: np.ndarray, req: AsrRequest, progress: Progress | None = None
     ) -> Transcript:
-        language, task = self._validate(req.options)
-        opts, pipeline = req.options, self._pipeline
+        opts = req.options
         duration = audio.shape[0] / SAMPLE_RATE
         share = _TRANSCRIBE_SHARE if req.word_timestamps else 100.0
         report = _StageProgress(progress, 0.0, share)
         with self._lock:
-            saved = (pipeline.options, pipeline._vad_params, pipeline.tokenizer)
+            loaded = self._get(opts.model, opts.compute_type)
+            language, task = self._validate(opts, loaded)
+            pipeline = loaded.pipeline
+            saved = (
+                pipeline.options,
+                pipeline._vad_params,
+                pipeline.tokenizer,
+                pipeline.suppress_numerals,
+            )
             started = time.perf_counter()
             try:
-                decoding = {"beam_size": opts.beam_size, "initial_prompt": opts.initial_prompt}
+                pipeline.options = dataclasses.replace(saved[0], **_decoding_options(opts))
                 vad = {"vad_onset": opts.vad_onset, "vad_offset": opts.vad_offset}
-                pipeline.options = dataclasses.replace(saved[0], **_set(decoding))
                 pipeline._vad_params = {**saved[1], **_set(vad)}
+                if opts.suppress_numerals is not None:
+                    pipeline.suppress_numerals = opts.suppress_numerals
                 if audio.size == 0:
                     result: dict[str, Any] = {"segments": [], "language": language or "en"}
                 else:
                     result = pipeline.transcribe(
                         audio,
                         batch_size=opts.batch_size or self._config.batch_size,
-                        language=language if self.multilingual else None,
-                        task=task if self.multilingual else None,
+                        language=language if loaded.multilingual else None,
+                        task=task if loaded.multilingual else None,
                         chunk_size=opts.chunk_size or self._config.chunk_size,
                         progress_callback=report,
                     )
@@ -188,7 +249,12 @@ class AsrEngine:
             except Exception as exc:
                 raise ProcessingError.from_exception(exc, "Transcription failed.") from exc
             finally:
-                pipeline.options, pipeline._vad_params, pipeline.tokenizer = saved
+                (
+                    pipeline.options,
+                    pipeline._vad_params,
+                    pipeline.tokenizer,
+                    pipeline.suppress_numerals,
+                ) = saved
             elapsed = time.perf_counter() - started
             segments = [_segment(item) for item in result["segments"]]
             transcript = Transcript(language=result["language"], segments=segments)
@@ -203,37 +269,49 @@ class AsrEngine:
             )
             report(100.0)
             if req.word_timestamps:
-                tokenizer = self._tokenizer(transcript.language, task)
+                tokenizer = self._tokenizer(loaded, transcript.language or "en", task)
                 transcript = self._word_timestamps(
-                    audio, transcript, tokenizer, _StageProgress(progress, share, 100.0)
+                    audio, transcript, loaded, tokenizer, _StageProgress(progress, share, 100.0)
                 )
         return transcript
 
     # ------------------------------------------------------------------ word timestamps
 
     def add_word_timestamps(
-        self, audio: np.ndarray, transcript: Transcript, progress: Progress | None = None
+        self,
+        audio: np.ndarray,
+        transcript: Transcript,
+        options: AsrOptions | None = None,
+        progress: Progress | None = None,
     ) -> Transcript:
         """Whisper's own word timings for each segment of ``transcript``."""
-        language = transcript.language if self.multilingual else "en"
-        if self.multilingual and language not in self._pipeline.model.supported_languages:
-            raise InvalidRequestError(
-                f"Language '{language}' is not supported by the model '{self._config.model}'.",
-                f"unknown language code {language}",
-            )
+        options = options or AsrOptions()
         with self._lock:
+            loaded = self._get(options.model, options.compute_type)
+            language = (transcript.language or "en") if loaded.multilingual else "en"
+            if loaded.multilingual and language not in loaded.pipeline.model.supported_languages:
+                raise InvalidRequestError(
+                    f"Language '{language}' is not supported by the model '{loaded.name}'.",
+                    f"unknown language code {language}",
+                )
+            tokenizer = self._tokenizer(loaded, language, "transcribe")
             return self._word_timestamps(
-                audio, transcript, self._tokenizer(language, "transcribe"), _StageProgress(progress)
+                audio, transcript, loaded, tokenizer, _StageProgress(progress)
             )
 
     def _word_timestamps(
-        self, audio: np.ndarray, transcript: Transcript, tokenizer: Any, progress: _StageProgress
+        self,
+        audio: np.ndarray,
+        transcript: Transcript,
+        loaded: _Loaded,
+        tokenizer: Any,
+        progress: _StageProgress,
     ) -> Transcript:
         started = time.perf_counter()
         segments: list[Segment] = []
         try:
             for index, segment in enumerate(transcript.segments):
-                words = self._segment_words(audio, segment, tokenizer)
+                words = _segment_words(loaded.pipeline, audio, segment, tokenizer)
                 segments.append(segment.model_copy(update={"words": words}))
                 progress((index + 1) / len(transcript.segments) * 100.0)
         except Exception as exc:
@@ -248,58 +326,90 @@ class AsrEngine:
             update={"segments": segments, "word_timestamps": "whisper", "alignment_model": None}
         )
 
-    def _segment_words(self, audio: np.ndarray, segment: Segment, tokenizer: Any) -> list[Word]:
-        from faster_whisper.audio import pad_or_trim
-        from faster_whisper.transcribe import merge_punctuations
 
-        model, options = self._pipeline.model, self._pipeline.options
-        first = max(0, round(segment.start * SAMPLE_RATE))
-        last = min(audio.shape[0], round(segment.end * SAMPLE_RATE))
-        chunk = np.ascontiguousarray(audio[first:last], dtype=np.float32)
-        text = segment.text.strip()
-        if chunk.size == 0 or not text:
-            return []
-        if chunk.size > _MAX_WINDOW_SAMPLES:
-            logger.warning(
-                "segment %.2f-%.2f s exceeds 30 s; no word timestamps", segment.start, segment.end
+def _segment_words(
+    pipeline: Any, audio: np.ndarray, segment: Segment, tokenizer: Any
+) -> list[Word]:
+    from faster_whisper.audio import pad_or_trim
+    from faster_whisper.transcribe import merge_punctuations
+
+    model, options = pipeline.model, pipeline.options
+    first = max(0, round(segment.start * SAMPLE_RATE))
+    last = min(audio.shape[0], round(segment.end * SAMPLE_RATE))
+    chunk = np.ascontiguousarray(audio[first:last], dtype=np.float32)
+    text = segment.text.strip()
+    if chunk.size == 0 or not text:
+        return []
+    if chunk.size > _MAX_WINDOW_SAMPLES:
+        logger.warning(
+            "segment %.2f-%.2f s exceeds 30 s; no word timestamps", segment.start, segment.end
+        )
+        return []
+    features = model.feature_extractor(chunk)[..., :-1]
+    num_frames = int(features.shape[-1])
+    encoder_output = model.encode(pad_or_trim(features))
+    tokens = [t for t in tokenizer.encode(" " + text) if t < tokenizer.eot]
+    alignments = model.find_alignment(tokenizer, [tokens], encoder_output, num_frames)
+    alignment: list[dict[str, Any]] = alignments[0] if alignments else []
+    if not alignment:
+        return []
+    max_duration = _limit_sentence_boundaries(alignment)
+    merge_punctuations(alignment, options.prepend_punctuations, options.append_punctuations)
+    offset, end_bound = first / SAMPLE_RATE, max(segment.end, first / SAMPLE_RATE)
+    words: list[Word] = []
+    for item in alignment:
+        word = str(item["word"]).strip()
+        if not word:
+            continue
+        start = min(offset + float(item["start"]), end_bound)
+        end = min(max(offset + float(item["end"]), start), end_bound)
+        words.append(
+            Word(
+                word=word,
+                start=round(start, 3),
+                end=round(end, 3),
+                score=round(float(item["probability"]), 3),
             )
-            return []
-        features = model.feature_extractor(chunk)[..., :-1]
-        num_frames = int(features.shape[-1])
-        encoder_output = model.encode(pad_or_trim(features))
-        tokens = [t for t in tokenizer.encode(" " + text) if t < tokenizer.eot]
-        alignments = model.find_alignment(tokenizer, [tokens], encoder_output, num_frames)
-        alignment: list[dict[str, Any]] = alignments[0] if alignments else []
-        if not alignment:
-            return []
-        max_duration = _limit_sentence_boundaries(alignment)
-        merge_punctuations(alignment, options.prepend_punctuations, options.append_punctuations)
-        offset, end_bound = first / SAMPLE_RATE, max(segment.end, first / SAMPLE_RATE)
-        words: list[Word] = []
-        for item in alignment:
-            word = str(item["word"]).strip()
-            if not word:
-                continue
-            start = min(offset + float(item["start"]), end_bound)
-            end = min(max(offset + float(item["end"]), start), end_bound)
-            words.append(
-                Word(
-                    word=word,
-                    start=round(start, 3),
-                    end=round(end, 3),
-                    score=round(float(item["probability"]), 3),
-                )
-            )
-        # The first word after a pause tends to absorb the silence before it.
-        head = words[0] if words else None
-        if head and head.start is not None and head.end is not None and max_duration > 0:
-            head.start = round(max(offset, head.start, head.end - max_duration), 3)
-        return words
+        )
+    # The first word after a pause tends to absorb the silence before it.
+    head = words[0] if words else None
+    if head and head.start is not None and head.end is not None and max_duration > 0:
+        head.start = round(max(offset, head.start, head.end - max_duration), 3)
+    return words
 
 
 def _set(values: dict[str, Any]) -> dict[str, Any]:
     """The request options that were actually given."""
     return {key: value for key, value in values.items() if value is not None}
+
+
+_DECODING_FIELDS = (
+    "beam_size",
+    "best_of",
+    "patience",
+    "length_penalty",
+    "compression_ratio_threshold",
+    "log_prob_threshold",
+    "no_speech_threshold",
+    "condition_on_previous_text",
+    "initial_prompt",
+    "hotwords",
+)
+
+
+def _decoding_options(opts: AsrOptions) -> dict[str, Any]:
+    """faster-whisper ``TranscriptionOptions`` overrides from a request's options."""
+    values = _set({name: getattr(opts, name) for name in _DECODING_FIELDS})
+    if opts.temperatures is not None:
+        values["temperatures"] = list(opts.temperatures)
+    return values
+
+
+@dataclasses.dataclass
+class _Loaded:
+    name: str
+    pipeline: Any
+    multilingual: bool
 
 
 def _segment(item: dict[str, Any]) -> Segment:
@@ -336,10 +446,17 @@ class AsrDeployment:
 
     async def transcribe(self, audio: np.ndarray, req: AsrRequest) -> Transcript:
         progress = stage_reporter(self._app_name, req.task_id, TaskProgressStage.transcribing)
-        return await asyncio.to_thread(self._engine.transcribe, audio, req, progress)
+        return await run_stoppable(
+            lambda report: self._engine.transcribe(audio, req, report), progress
+        )
 
-    async def add_word_timestamps(self, audio: np.ndarray, transcript: Transcript) -> Transcript:
-        return await asyncio.to_thread(self._engine.add_word_timestamps, audio, transcript)
+    async def add_word_timestamps(
+        self, audio: np.ndarray, transcript: Transcript, options: AsrOptions | None = None
+    ) -> Transcript:
+        return await run_stoppable(
+            lambda progress: self._engine.add_word_timestamps(audio, transcript, options, progress),
+            None,
+        )
 
     def ping(self) -> bool:
         return True

@@ -12,8 +12,10 @@ import numpy as np
 
 from common.schemas import (
     AlignRequest,
+    AsrOptions,
     AsrRequest,
     DiarizeRequest,
+    SpeakerTurn,
     TaskError,
     TaskProgressStage,
     TaskSnapshot,
@@ -32,8 +34,12 @@ class AsrClient:
         result: Transcript = await self._handle.transcribe.remote(audio, req)
         return result
 
-    async def add_word_timestamps(self, audio: np.ndarray, transcript: Transcript) -> Transcript:
-        result: Transcript = await self._handle.add_word_timestamps.remote(audio, transcript)
+    async def add_word_timestamps(
+        self, audio: np.ndarray, transcript: Transcript, options: AsrOptions | None = None
+    ) -> Transcript:
+        result: Transcript = await self._handle.add_word_timestamps.remote(
+            audio, transcript, options
+        )
         return result
 
 
@@ -55,6 +61,10 @@ class DiarizeClient:
 
     async def diarize(self, audio: np.ndarray, req: DiarizeRequest) -> Transcript:
         result: Transcript = await self._handle.diarize.remote(audio, req)
+        return result
+
+    async def assign(self, transcript: Transcript, turns: list[SpeakerTurn]) -> Transcript:
+        result: Transcript = await self._handle.assign.remote(transcript, turns)
         return result
 
 
@@ -116,6 +126,10 @@ class ProgressClient:
 
     async def ping(self) -> bool:
         return bool(await self._actor.ping.remote())
+
+    async def cancel(self, task_id: str) -> TaskStatus | None:
+        status: TaskStatus | None = await self._actor.cancel.remote(task_id)
+        return status
 
 
 class RunnerClient:

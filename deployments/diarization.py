@@ -30,7 +30,7 @@ from common.errors import (
     ServiceError,
 )
 from common.schemas import DiarizeRequest, SpeakerTurn, TaskProgressStage, Transcript
-from deployments.reporting import stage_reporter
+from deployments.reporting import run_stoppable, stage_reporter
 
 logger = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ class DiarizationEngine:
             turns = self._turns(audio, req, progress)
             speakers = sorted({t.speaker for t in turns})
             if req.transcript is None:
-                transcript = Transcript(language="", segments=[])
+                transcript = Transcript()
             else:
                 transcript = self._assign(req.transcript, turns)
         except ServiceError:
@@ -283,6 +283,15 @@ class DiarizationEngine:
         embedding = getattr(self._pipeline, "_embedding", None)
         return int(getattr(embedding, "min_num_samples", 0) or 0)
 
+    def assign(self, transcript: Transcript, turns: list[SpeakerTurn]) -> Transcript:
+        """Label ``transcript``'s words and segments with the speakers of ``turns``."""
+        try:
+            labelled = self._assign(transcript, turns)
+        except Exception as e:
+            raise ProcessingError.from_exception(e, "Combining speakers failed.") from e
+        speakers = sorted({t.speaker for t in turns})
+        return labelled.model_copy(update={"speaker_turns": turns, "speakers": speakers})
+
     @staticmethod
     def _assign(transcript: Transcript, turns: list[SpeakerTurn]) -> Transcript:
         import pandas as pd
@@ -317,7 +326,12 @@ class DiarizationDeployment:
 
     async def diarize(self, audio: np.ndarray, req: DiarizeRequest) -> Transcript:
         progress = stage_reporter(self._app_name, req.task_id, TaskProgressStage.diarizing)
-        return await asyncio.to_thread(self._locked_diarize, audio, req, progress)
+        return await run_stoppable(
+            lambda report: self._locked_diarize(audio, req, report), progress
+        )
+
+    async def assign(self, transcript: Transcript, turns: list[SpeakerTurn]) -> Transcript:
+        return await asyncio.to_thread(self._engine.assign, transcript, turns)
 
     def _locked_diarize(
         self, audio: np.ndarray, req: DiarizeRequest, progress: Progress | None

@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,10 +22,12 @@ from common.schemas import (
     AlignRequest,
     AsrRequest,
     DiarizeRequest,
+    SpeakerTurn,
     TaskError,
     TaskParams,
     TaskProgressStage,
     TaskStatus,
+    TaskType,
     Timings,
     Transcript,
 )
@@ -34,14 +37,21 @@ logger = logging.getLogger(__name__)
 
 Decoder = Callable[[Path], np.ndarray]
 DurationSink = Callable[[str, float], Awaitable[None]]
+CancelCheck = Callable[[str], Awaitable[bool]]
 SAMPLE_RATE = 16_000
+
+
+class TaskCancelled(Exception):
+    """Raised at a safe point (between stages) once the task's cancellation was requested."""
 
 
 @dataclass
 class TaskInput:
     task_id: str
-    audio_path: Path
+    audio_path: Path | None
     params: TaskParams
+    task_type: TaskType = TaskType.speech_to_text
+    inputs: dict[str, Any] | None = None
     attempt: int = 1
     queued_seconds: float | None = None
 
@@ -64,33 +74,43 @@ class TaskPipeline:
         decode: Decoder,
         default_language: str | None = None,
         record_duration: DurationSink | None = None,
+        cancel_requested: CancelCheck | None = None,
     ) -> None:
         self._asr, self._align, self._diarize = asr, align, diarize
         self._progress = progress
         self._decode = decode
         self._default_language = default_language
         self._record_duration = record_duration
+        self._cancel_requested = cancel_requested
 
     async def run(self, task: TaskInput) -> TaskOutcome:
         timings = Timings(queued=task.queued_seconds)
         started = time.perf_counter()
         duration: float | None = None
         try:
-            await self._progress.start(task.task_id, task.params.stages(), task.attempt)
-            t0 = time.perf_counter()
-            audio = await asyncio.to_thread(self._decode, task.audio_path)
-            timings.decode = round(time.perf_counter() - t0, 3)
-            duration = round(len(audio) / SAMPLE_RATE, 3)
-            if self._record_duration is not None:  # before the result is published
-                await self._record_duration(task.task_id, duration)
+            stages = task.params.stages(task.task_type)
+            await self._progress.start(task.task_id, stages, task.attempt)
+            audio = np.zeros(0, dtype=np.float32)
+            if task.audio_path is not None:
+                t0 = time.perf_counter()
+                audio = await asyncio.to_thread(self._decode, task.audio_path)
+                timings.decode = round(time.perf_counter() - t0, 3)
+                duration = round(len(audio) / SAMPLE_RATE, 3)
+                if self._record_duration is not None:  # before the result is published
+                    await self._record_duration(task.task_id, duration)
             transcript = await self._process(task, audio, timings)
             timings.total = round(time.perf_counter() - started, 3)
             await self._progress.finish(
                 task.task_id, TaskStatus.completed, result=transcript, timings=timings
             )
             return TaskOutcome(TaskStatus.completed, duration)
-        except asyncio.CancelledError:
-            raise
+        except (asyncio.CancelledError, TaskCancelled) as exc:
+            if isinstance(exc, asyncio.CancelledError) and not await self._is_cancelled(task):
+                raise  # the runner stopped the task (lost lease, shutdown): not the user's cancel
+            logger.info("task cancelled", extra={"task_id": task.task_id})
+            timings.total = round(time.perf_counter() - started, 3)
+            await self._progress.finish(task.task_id, TaskStatus.cancelled, timings=timings)
+            return TaskOutcome(TaskStatus.cancelled, duration)
         except Exception as exc:  # every failure becomes a failed task with a clear error
             err = as_service_error(exc)
             if err.status_code >= 500:
@@ -104,7 +124,29 @@ class TaskPipeline:
             )
             return TaskOutcome(TaskStatus.failed, duration, error)
 
+    async def _is_cancelled(self, task: TaskInput) -> bool:
+        if self._cancel_requested is None:
+            return False
+        try:
+            return await self._cancel_requested(task.task_id)
+        except Exception:
+            logger.warning("cancel check failed", extra={"task_id": task.task_id}, exc_info=True)
+            return False
+
+    async def _checkpoint(self, task: TaskInput) -> None:
+        """A safe point: stop here if the user cancelled the task."""
+        if await self._is_cancelled(task):
+            raise TaskCancelled(task.task_id)
+
     async def _process(self, task: TaskInput, audio: np.ndarray, timings: Timings) -> Transcript:
+        await self._checkpoint(task)
+        if task.task_type is TaskType.align:
+            return await self._align_given(task, audio, timings)
+        if task.task_type is TaskType.combine:
+            return await self._combine(task)
+        if task.task_type is TaskType.diarize:
+            return await self._diarize_stage(task, audio, None, timings, enter=False)
+
         params, task_id = task.params, task.task_id
         language = params.asr.language or self._default_language
         can_align: bool | None = None
@@ -119,13 +161,15 @@ class TaskPipeline:
         timings.transcribing = round(time.perf_counter() - t0, 3)
 
         if params.align:
+            await self._checkpoint(task)
             t0 = time.perf_counter()
             if can_align is None:
-                can_align = await self._align.supports(transcript.language)
+                can_align = await self._align.supports(transcript.language or "")
             if can_align:
                 await self._progress.enter_stage(task_id, TaskProgressStage.aligning)
                 transcript = await self._align.align(
-                    audio, AlignRequest(task_id=task_id, transcript=transcript)
+                    audio,
+                    AlignRequest(task_id=task_id, transcript=transcript, options=params.alignment),
                 )
             else:
                 await self._progress.enter_stage(
@@ -134,21 +178,69 @@ class TaskPipeline:
                     f"No wav2vec2 aligner for '{transcript.language}': word times from Whisper",
                 )
                 if transcript.word_timestamps is None:
-                    transcript = await self._asr.add_word_timestamps(audio, transcript)
+                    transcript = await self._asr.add_word_timestamps(audio, transcript, params.asr)
             timings.aligning = round(time.perf_counter() - t0, 3)
 
         if params.diarize:
-            t0 = time.perf_counter()
-            await self._progress.enter_stage(task_id, TaskProgressStage.diarizing)
-            transcript = await self._diarize.diarize(
+            await self._checkpoint(task)
+            transcript = await self._diarize_stage(task, audio, transcript, timings, enter=True)
+        return transcript
+
+    async def _diarize_stage(
+        self,
+        task: TaskInput,
+        audio: np.ndarray,
+        transcript: Transcript | None,
+        timings: Timings,
+        *,
+        enter: bool,
+    ) -> Transcript:
+        params = task.params
+        t0 = time.perf_counter()
+        if enter:
+            await self._progress.enter_stage(task.task_id, TaskProgressStage.diarizing)
+        result = await self._diarize.diarize(
+            audio,
+            DiarizeRequest(
+                task_id=task.task_id,
+                transcript=transcript,
+                num_speakers=params.num_speakers,
+                min_speakers=params.min_speakers,
+                max_speakers=params.max_speakers,
+            ),
+        )
+        timings.diarizing = round(time.perf_counter() - t0, 3)
+        return result
+
+    async def _align_given(
+        self, task: TaskInput, audio: np.ndarray, timings: Timings
+    ) -> Transcript:
+        """``/service/align``: wav2vec2 alignment of a client's transcript, or Whisper's own
+        word timings when no aligner serves its language (the result says which)."""
+        transcript = _given_transcript(task)
+        t0 = time.perf_counter()
+        language = transcript.language or self._default_language or "en"
+        transcript = transcript.model_copy(update={"language": language})
+        if await self._align.supports(language):
+            transcript = await self._align.align(
                 audio,
-                DiarizeRequest(
-                    task_id=task_id,
-                    transcript=transcript,
-                    num_speakers=params.num_speakers,
-                    min_speakers=params.min_speakers,
-                    max_speakers=params.max_speakers,
+                AlignRequest(
+                    task_id=task.task_id, transcript=transcript, options=task.params.alignment
                 ),
             )
-            timings.diarizing = round(time.perf_counter() - t0, 3)
+        else:
+            transcript = await self._asr.add_word_timestamps(audio, transcript, task.params.asr)
+        timings.aligning = round(time.perf_counter() - t0, 3)
         return transcript
+
+    async def _combine(self, task: TaskInput) -> Transcript:
+        """``/service/combine``: speaker labels from given diarization turns onto given words."""
+        transcript = _given_transcript(task)
+        turns = [
+            SpeakerTurn.model_validate(t) for t in (task.inputs or {}).get("speaker_turns", [])
+        ]
+        return await self._diarize.assign(transcript, turns)
+
+
+def _given_transcript(task: TaskInput) -> Transcript:
+    return Transcript.model_validate((task.inputs or {}).get("transcript", {}))

@@ -7,11 +7,12 @@ per VAD chunk cannot flood the actor.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from common.schemas import TaskProgressStage
 
@@ -95,3 +96,37 @@ def _tracker(app_name: str) -> Any | None:
         except ValueError:
             return None
     return _trackers[app_name]
+
+
+T = TypeVar("T")
+
+
+class RequestStopped(Exception):
+    """Raised inside a model's worker thread once the request awaiting it was cancelled."""
+
+
+async def run_stoppable(
+    work: Callable[[ProgressCallback], T], progress: ProgressCallback | None
+) -> T:
+    """Run ``work(callback)`` in a worker thread; stop it at its next progress callback if the
+    request is cancelled.
+
+    Serve cancels a replica's request when its caller cancels (the runner does, when the
+    user cancels a task). A thread cannot be interrupted, so the callback whisperx and
+    pyannote call between chunks is the safe point: it raises there, the model call unwinds
+    and frees the replica's lock instead of finishing work nobody will read.
+    """
+    stop = threading.Event()
+
+    def guarded(percentage: float) -> None:
+        if stop.is_set():
+            raise RequestStopped("request cancelled")
+        if progress is not None:
+            progress(percentage)
+
+    running = asyncio.ensure_future(asyncio.to_thread(work, guarded))
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        stop.set()
+        raise

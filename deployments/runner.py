@@ -24,7 +24,7 @@ from ray import serve
 
 from common.config import RunnerConfig
 from common.errors import TaskInterruptedError
-from common.schemas import TaskError, TaskParams, TaskStatus
+from common.schemas import TaskError, TaskParams, TaskStatus, TaskType
 from common.settings import Settings
 from deployments.audio import decode_audio
 from deployments.clients import AlignClient, AsrClient, DiarizeClient, ProgressClient
@@ -56,7 +56,10 @@ class TaskRunner:
         self._worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._progress = ProgressClient(
             get_or_create_tracker(
-                app_name, url, mirror_interval_s=config.db_mirror_interval_seconds
+                app_name,
+                url,
+                mirror_interval_s=config.db_mirror_interval_seconds,
+                settings=settings,
             )
         )
         self._pipeline = TaskPipeline(
@@ -67,16 +70,24 @@ class TaskRunner:
             decode=decode_audio,
             default_language=default_language,
             record_duration=self._record_duration,
+            cancel_requested=self._cancel_requested,
         )
         self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._stopping: set[str] = set()  # cancelled on request; the pipeline records it
         self._wake = asyncio.Event()
         self._claim_loop = asyncio.create_task(self._claim_forever())
         self._lease_loop = asyncio.create_task(self._renew_forever())
+        self._cancel_loop = asyncio.create_task(self._watch_cancellations())
         logger.info("task runner %s started", self._worker_id)
 
     async def _record_duration(self, task_id: str, duration: float) -> None:
         await asyncio.to_thread(
             repository.set_audio_duration, self._db, task_id=task_id, duration=duration
+        )
+
+    async def _cancel_requested(self, task_id: str) -> bool:
+        return task_id in await asyncio.to_thread(
+            repository.cancel_requested, self._db, task_ids=[task_id]
         )
 
     async def notify(self) -> None:
@@ -88,7 +99,7 @@ class TaskRunner:
     async def __del__(self) -> None:
         """Graceful shutdown (redeploy, scale-down): hand claimed tasks back to the queue now
         instead of letting them wait for their leases to run out."""
-        for loop in (self._claim_loop, self._lease_loop):
+        for loop in (self._claim_loop, self._lease_loop, self._cancel_loop):
             loop.cancel()
         for task_id, running in list(self._inflight.items()):
             running.cancel()
@@ -98,7 +109,7 @@ class TaskRunner:
             logger.info("released task %s: %s", task_id, released, extra={"task_id": task_id})
 
     def check_health(self) -> None:
-        for loop in (self._claim_loop, self._lease_loop):
+        for loop in (self._claim_loop, self._lease_loop, self._cancel_loop):
             if loop.done():
                 raise RuntimeError(
                     f"runner loop stopped: {'cancelled' if loop.cancelled() else loop.exception()}"
@@ -152,6 +163,30 @@ class TaskRunner:
                 )
                 self._inflight[task_id].cancel()
 
+    async def _watch_cancellations(self) -> None:
+        """Stop running tasks whose cancellation was requested (``POST /task/{id}/cancel``).
+
+        Cancelling the pipeline's coroutine cancels the deployment call it awaits; Serve
+        passes that on to the replica, whose model stops at its next progress callback.
+        The pipeline then records the task as cancelled.
+        """
+        while True:
+            await asyncio.sleep(self._config.poll_interval_seconds)
+            running = [t for t, task in self._inflight.items() if not task.done()]
+            if not running:
+                continue
+            try:
+                wanted = await asyncio.to_thread(
+                    repository.cancel_requested, self._db, task_ids=running
+                )
+            except Exception:
+                logger.exception("checking cancellations failed")
+                continue
+            for task_id in wanted - self._stopping:
+                logger.info("cancelling task %s", task_id, extra={"task_id": task_id})
+                self._stopping.add(task_id)
+                self._inflight[task_id].cancel()
+
     # ------------------------------------------------------------------ one task
 
     async def _run(self, row: Any) -> None:
@@ -174,8 +209,10 @@ class TaskRunner:
             outcome = await self._pipeline.run(
                 TaskInput(
                     task_id=task_id,
-                    audio_path=Path(row.audio_path),
+                    audio_path=Path(row.audio_path) if row.audio_path else None,
                     params=TaskParams.model_validate(row.params),
+                    task_type=TaskType(row.task_type),
+                    inputs=row.inputs,
                     attempt=row.attempts,
                     queued_seconds=round(queued, 3) if queued is not None else None,
                 )
@@ -189,4 +226,5 @@ class TaskRunner:
             logger.exception("task %s could not be finished", task_id, extra={"task_id": task_id})
         finally:
             self._inflight.pop(task_id, None)
+            self._stopping.discard(task_id)
             self._wake.set()

@@ -31,11 +31,13 @@ class TaskRow(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     status: Mapped[str] = mapped_column(String(16), index=True)
-    task_type: Mapped[str] = mapped_column(String(32))
+    task_type: Mapped[str] = mapped_column(String(32), index=True)
     file_name: Mapped[str | None] = mapped_column(String(255))
     audio_path: Mapped[str | None] = mapped_column(String(1024))
     audio_duration: Mapped[float | None] = mapped_column(Float)
     params: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    inputs: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    """Single-stage tasks' given inputs (a transcript to align, diarization to combine)."""
     result: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
@@ -49,6 +51,7 @@ class TaskRow(Base):
     timings: Mapped[dict[str, Any]] = mapped_column(JsonType, default=dict)
     claimed_by: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime, index=True)
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)

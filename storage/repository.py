@@ -8,6 +8,7 @@ the same SQL runs on SQLite and PostgreSQL. Returned rows are detached snapshots
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -67,6 +68,7 @@ def create_task(
     file_name: str | None,
     audio_path: str | None,
     audio_duration: float | None = None,
+    inputs: dict[str, Any] | None = None,
 ) -> TaskRow:
     """Insert a queued task at 0 %."""
     now = utcnow()
@@ -78,6 +80,7 @@ def create_task(
         audio_path=audio_path,
         audio_duration=audio_duration,
         params=params.model_dump(mode="json"),
+        inputs=inputs,
         progress_percentage=0.0,
         progress_stage=TaskProgressStage.queued.value,
         progress_seq=0,
@@ -96,15 +99,136 @@ def get_task(db: Database, *, task_id: str) -> TaskRow | None:
         return session.get(TaskRow, task_id)
 
 
+@dataclass(frozen=True)
+class TaskFilter:
+    """``GET /task/all`` filters; unset fields match everything."""
+
+    status: TaskStatus | None = None
+    task_type: TaskType | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+    def where(self) -> list[ColumnElement[bool]]:
+        clauses: list[ColumnElement[bool]] = []
+        if self.status is not None:
+            clauses.append(TaskRow.status == self.status.value)
+        if self.task_type is not None:
+            clauses.append(TaskRow.task_type == self.task_type.value)
+        if self.created_after is not None:
+            clauses.append(TaskRow.created_at >= self.created_after)
+        if self.created_before is not None:
+            clauses.append(TaskRow.created_at < self.created_before)
+        return clauses
+
+
 def list_tasks(
-    db: Database, *, status: TaskStatus | None = None, limit: int = 100, offset: int = 0
-) -> list[TaskRow]:
-    """Tasks, newest first."""
-    stmt = select(TaskRow).order_by(TaskRow.created_at.desc(), TaskRow.id.desc())
-    if status is not None:
-        stmt = stmt.where(TaskRow.status == status.value)
+    db: Database,
+    *,
+    filters: TaskFilter = TaskFilter(),
+    limit: int = 100,
+    offset: int = 0,
+    newest_first: bool = True,
+) -> tuple[list[TaskRow], int]:
+    """One page of tasks matching ``filters``, and how many match in all."""
+    order = (
+        (TaskRow.created_at.desc(), TaskRow.id.desc())
+        if newest_first
+        else (TaskRow.created_at.asc(), TaskRow.id.asc())
+    )
+    where = filters.where()
     with db.session() as session:
-        return list(session.scalars(stmt.limit(limit).offset(offset)))
+        total = session.scalar(select(func.count()).select_from(TaskRow).where(*where)) or 0
+        rows = session.scalars(select(TaskRow).where(*where).order_by(*order).limit(limit).offset(offset))
+        return list(rows), total
+
+
+def delete_task(db: Database, *, task_id: str) -> TaskRow | None:
+    """Delete the task's row; returns what was deleted (its ``audio_path`` is the caller's)."""
+    with db.session() as session:
+        row = session.get(TaskRow, task_id)
+        if row is not None:
+            session.delete(row)
+        return row
+
+
+def request_cancel(db: Database, *, task_id: str) -> TaskStatus | None:
+    """Cancel a task: at once if it is still queued, else flag it for its runner.
+
+    Returns the status the task has afterwards (``cancelled`` for a queued task,
+    ``processing`` while its runner gets to a safe point, or the terminal status it already
+    had), or ``None`` for an unknown task.
+    """
+    now = utcnow()
+    if _update(
+        db,
+        task_id,
+        TaskRow.status == TaskStatus.queued.value,
+        status=TaskStatus.cancelled.value,
+        cancel_requested_at=now,
+        completed_at=now,
+        updated_at=now,
+    ):
+        return TaskStatus.cancelled
+    _update(
+        db,
+        task_id,
+        and_(TaskRow.status == TaskStatus.processing.value, TaskRow.cancel_requested_at.is_(None)),
+        cancel_requested_at=now,
+        updated_at=now,
+    )
+    row = get_task(db, task_id=task_id)
+    return TaskStatus(row.status) if row is not None else None
+
+
+def cancel_requested(db: Database, *, task_ids: Sequence[str]) -> set[str]:
+    """Of ``task_ids``, those with a pending cancellation request."""
+    if not task_ids:
+        return set()
+    with db.session() as session:
+        return set(
+            session.scalars(
+                select(TaskRow.id).where(
+                    TaskRow.id.in_(list(task_ids)), TaskRow.cancel_requested_at.is_not(None)
+                )
+            )
+        )
+
+
+def cancel_task(db: Database, *, task_id: str, timings: Timings | None = None, seq: int | None = None) -> bool:
+    """Mark a task cancelled, unless it is already terminal (its runner stopped it)."""
+    now = utcnow()
+    values: dict[str, Any] = {
+        "status": TaskStatus.cancelled.value,
+        "claimed_by": None,
+        "lease_expires_at": None,
+        "completed_at": now,
+        "updated_at": now,
+    }
+    if timings is not None:
+        values["timings"] = timings.model_dump(mode="json")
+    if seq is not None:
+        values["progress_seq"] = _at_least_seq(db, seq)
+    return _update(db, task_id, TaskRow.status.not_in(_TERMINAL), **values)
+
+
+def queue_position(db: Database, *, task_id: str) -> int | None:
+    """1 for the next queued task to be claimed; ``None`` unless the task is queued."""
+    with db.session() as session:
+        row = session.get(TaskRow, task_id)
+        if row is None or row.status != TaskStatus.queued.value:
+            return None
+        ahead = session.scalar(
+            select(func.count())
+            .select_from(TaskRow)
+            .where(
+                TaskRow.status == TaskStatus.queued.value,
+                or_(
+                    TaskRow.created_at < row.created_at,
+                    and_(TaskRow.created_at == row.created_at, TaskRow.id < row.id),
+                ),
+            )
+        )
+        return int(ahead or 0) + 1
 
 
 def _claimable(now: datetime) -> ColumnElement[bool]:

@@ -1,20 +1,20 @@
-"""Task routes: submit audio, read a task, poll its progress, list tasks."""
+"""Task routes: submit audio, list, read, cancel and delete tasks, poll their progress."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
-from typing import Annotated
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
-from pydantic import ValidationError
 
-from common.errors import TaskNotFoundError, UploadTooLargeError, validation_error_from
+from common.errors import TaskNotFoundError
 from common.schemas import (
-    AsrOptions,
     TaskAccepted,
-    TaskParams,
+    TaskDeleted,
+    TaskPage,
     TaskProgress,
     TaskPublic,
     TaskStatus,
@@ -22,7 +22,9 @@ from common.schemas import (
 )
 from deployments.progress_state import state_from_row
 from ingress.errors import error_responses
-from ingress.services import ServicesDep
+from ingress.params import SpeechParams
+from ingress.services import IngressServices, ServicesDep
+from ingress.submit import accept_task, check_declared_size, new_task_id
 from ingress.uploads import display_name, save_upload, storage_path
 from storage import repository
 
@@ -49,93 +51,70 @@ def _not_found(identifier: str) -> TaskNotFoundError:
 async def speech_to_text(
     request: Request,
     services: ServicesDep,
+    params: SpeechParams,
     file: Annotated[UploadFile, File(description="Audio or video file (any format PyAV decodes).")],
-    language: Annotated[str | None, Query(description="Language code; unset = detect.")] = None,
-    task: Annotated[
-        str, Query(description="`transcribe` or `translate` (to English).")
-    ] = "transcribe",
-    batch_size: Annotated[int | None, Query(description="ASR batch size.")] = None,
-    beam_size: Annotated[int | None, Query(description="Beam size for decoding.")] = None,
-    initial_prompt: Annotated[str | None, Query(description="Prompt for the first window.")] = None,
-    vad_onset: Annotated[float | None, Query(description="VAD onset threshold (0–1).")] = None,
-    vad_offset: Annotated[float | None, Query(description="VAD offset threshold (0–1).")] = None,
-    chunk_size: Annotated[
-        int | None, Query(description="VAD chunk size in seconds (1–30).")
-    ] = None,
-    align: Annotated[bool, Query(description="Produce word-level timestamps.")] = True,
-    diarize: Annotated[bool, Query(description="Label speakers.")] = True,
-    num_speakers: Annotated[int | None, Query(description="Exact number of speakers.")] = None,
-    min_speakers: Annotated[int | None, Query(description="Least number of speakers.")] = None,
-    max_speakers: Annotated[int | None, Query(description="Most number of speakers.")] = None,
 ) -> TaskAccepted:
-    try:
-        params = TaskParams(
-            asr=AsrOptions(
-                language=language,
-                task=task,  # validated by pydantic
-                batch_size=batch_size,
-                beam_size=beam_size,
-                initial_prompt=initial_prompt,
-                vad_onset=vad_onset,
-                vad_offset=vad_offset,
-                chunk_size=chunk_size,
-            ),
-            align=align,
-            diarize=diarize,
-            num_speakers=num_speakers,
-            min_speakers=min_speakers,
-            max_speakers=max_speakers,
-        )
-    except ValidationError as exc:
-        raise validation_error_from(exc) from None
-
     limit = services.config.max_upload_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
-        raise UploadTooLargeError(
-            f"The file is larger than the {limit} bytes this service accepts.",
-            f"content-length {declared} > max_upload_bytes={limit}",
-        )
-    task_id = uuid.uuid4().hex
+    check_declared_size(request.headers, limit)
+    task_id = new_task_id()
     path = storage_path(services.settings.upload_dir(), task_id, file.filename)
     duration = await save_upload(file.file, path, limit)
-    await asyncio.to_thread(
-        repository.create_task,
-        services.db,
+    return await accept_task(
+        services,
         task_id=task_id,
         task_type=TaskType.speech_to_text,
         params=params,
         file_name=display_name(file.filename),
-        audio_path=str(path),
+        audio_path=path,
         audio_duration=duration,
-    )
-    services.runner.notify()
-    logger.info("task %s queued", task_id, extra={"task_id": task_id})
-    return TaskAccepted(
-        identifier=task_id,
-        status=TaskStatus.queued,
-        message="Task queued",
-        progress_url=f"/tasks/{task_id}/progress",
-        websocket_url=f"/ws/tasks/{task_id}",
     )
 
 
 @router.get(
     "/task/all",
-    response_model=list[TaskPublic],
+    response_model=TaskPage,
     tags=["Tasks Management"],
-    summary="List tasks, newest first",
+    summary="List tasks with filters, paging and sorting",
+    responses=error_responses(422),
 )
 async def list_tasks(
     services: ServicesDep,
-    status: TaskStatus | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
-) -> list[TaskPublic]:
-    rows = await asyncio.to_thread(
-        repository.list_tasks, services.db, status=status, limit=limit, offset=offset
+    status: Annotated[TaskStatus | None, Query(description="Only tasks in this status.")] = None,
+    task_type: Annotated[TaskType | None, Query(description="Only tasks of this type.")] = None,
+    created_after: Annotated[
+        datetime | None, Query(description="Created at or after (ISO 8601).")
+    ] = None,
+    created_before: Annotated[
+        datetime | None, Query(description="Created before (ISO 8601).")
+    ] = None,
+    sort: Annotated[
+        Literal["newest", "oldest"], Query(description="Order by creation time.")
+    ] = "newest",
+    limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 100,
+    offset: Annotated[int, Query(ge=0, le=10**9, description="Tasks to skip.")] = 0,
+) -> TaskPage:
+    filters = repository.TaskFilter(
+        status=status,
+        task_type=task_type,
+        created_after=_aware(created_after),
+        created_before=_aware(created_before),
     )
-    return [row.to_public() for row in rows]
+    rows, total = await asyncio.to_thread(
+        repository.list_tasks,
+        services.db,
+        filters=filters,
+        limit=limit,
+        offset=offset,
+        newest_first=sort == "newest",
+    )
+    return TaskPage(
+        tasks=[row.to_public() for row in rows], total=total, limit=limit, offset=offset
+    )
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """Naive times are taken as UTC."""
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
 @router.get(
@@ -150,6 +129,61 @@ async def get_task(identifier: str, services: ServicesDep) -> TaskPublic:
     if row is None:
         raise _not_found(identifier)
     return row.to_public()
+
+
+@router.post(
+    "/task/{identifier}/cancel",
+    response_model=TaskProgress,
+    tags=["Tasks Management"],
+    summary="Cancel a queued or running task",
+    description=(
+        "A queued task is cancelled at once. A running task stops at its next safe point "
+        "(between stages, or the model's next progress step) and then ends `cancelled`; "
+        "watchers get a `cancelled` event. Cancelling a finished task changes nothing."
+    ),
+    responses=error_responses(404, 503),
+)
+async def cancel_task(identifier: str, services: ServicesDep) -> TaskProgress:
+    status = await services.progress.cancel(identifier)
+    if status is None:
+        raise _not_found(identifier)
+    return await get_task_progress(identifier, services)
+
+
+@router.delete(
+    "/task/{identifier}/delete",
+    response_model=TaskDeleted,
+    tags=["Tasks Management"],
+    summary="Delete a task and its stored audio",
+    description="A task still queued or running is cancelled first.",
+    responses=error_responses(404),
+)
+async def delete_task(identifier: str, services: ServicesDep) -> TaskDeleted:
+    row = await asyncio.to_thread(repository.get_task, services.db, task_id=identifier)
+    if row is None:
+        raise _not_found(identifier)
+    if not TaskStatus(row.status).terminal:
+        try:
+            await services.progress.cancel(identifier)
+        except Exception:  # the row goes anyway; a runner finds nothing to finish
+            logger.warning("could not cancel task %s before deleting it", identifier)
+    deleted = await asyncio.to_thread(repository.delete_task, services.db, task_id=identifier)
+    if deleted is None:
+        raise _not_found(identifier)
+    if deleted.audio_path:
+        await asyncio.to_thread(_remove_upload, services, Path(deleted.audio_path))
+    logger.info("task %s deleted", identifier, extra={"task_id": identifier})
+    return TaskDeleted(identifier=identifier, message="Task deleted")
+
+
+def _remove_upload(services: IngressServices, path: Path) -> None:
+    """Remove a stored upload, only ever inside the upload directory."""
+    upload_dir = services.settings.upload_dir().resolve()
+    target = path.resolve()
+    if target.parent == upload_dir:
+        target.unlink(missing_ok=True)
+    else:
+        logger.warning("not removing %s: outside the upload directory", target)
 
 
 @router.get(
@@ -168,6 +202,11 @@ async def get_task_progress(identifier: str, services: ServicesDep) -> TaskProgr
         snap = state_from_row(row).snapshot() if row is not None else None
     if snap is None:
         raise _not_found(identifier)
+    position = None
+    if snap.status is TaskStatus.queued:
+        position = await asyncio.to_thread(
+            repository.queue_position, services.db, task_id=identifier
+        )
     return TaskProgress(
         identifier=snap.task_id,
         status=snap.status,
@@ -176,4 +215,7 @@ async def get_task_progress(identifier: str, services: ServicesDep) -> TaskProgr
         error=snap.error.user_message if snap.error else None,
         error_code=snap.error.code if snap.error else None,
         seq=snap.seq,
+        queue_position=position,
+        message=snap.message,
+        eta_seconds=snap.eta_seconds,
     )

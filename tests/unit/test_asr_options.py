@@ -34,8 +34,19 @@ AUDIO = np.zeros(16000, dtype=np.float32)
 
 @dataclasses.dataclass(frozen=True)
 class FakeOptions:
+    """The fields of faster-whisper's TranscriptionOptions that requests may set."""
+
     beam_size: int = 5
+    best_of: int = 5
+    patience: float = 1.0
+    length_penalty: float = 1.0
+    temperatures: tuple[float, ...] = (0.0, 0.2, 0.4)
+    compression_ratio_threshold: float = 2.4
+    log_prob_threshold: float = -1.0
+    no_speech_threshold: float = 0.6
+    condition_on_previous_text: bool = False
     initial_prompt: str | None = None
+    hotwords: str | None = None
 
 
 class FakePipeline:
@@ -43,6 +54,7 @@ class FakePipeline:
         self.options = FakeOptions()
         self._vad_params = {"vad_onset": 0.5, "vad_offset": 0.363, "chunk_size": 30}
         self.tokenizer: Any = "preset-tokenizer"
+        self.suppress_numerals = False
         self.model = SimpleNamespace(
             model=SimpleNamespace(is_multilingual=multilingual),
             supported_languages=["en", "fr", "de"] if multilingual else ["en"],
@@ -60,6 +72,8 @@ class FakePipeline:
                     **kwargs,
                     "beam_size": self.options.beam_size,
                     "initial_prompt": self.options.initial_prompt,
+                    "options": self.options,
+                    "suppress_numerals": self.suppress_numerals,
                     "vad": dict(self._vad_params),
                 }
             )
@@ -99,7 +113,12 @@ def _engine(model: str = "tiny.en", **config: Any) -> tuple[AsrEngine, FakePipel
 
 
 def _snapshot(pipeline: FakePipeline) -> tuple[Any, ...]:
-    return pipeline.options, dict(pipeline._vad_params), pipeline.tokenizer
+    return (
+        pipeline.options,
+        dict(pipeline._vad_params),
+        pipeline.tokenizer,
+        pipeline.suppress_numerals,
+    )
 
 
 def test_load_uses_config(load_calls: list[dict[str, Any]]) -> None:
@@ -257,3 +276,68 @@ def test_one_transcription_at_a_time(load_calls: list[dict[str, Any]]) -> None:
     assert errors == []
     assert sorted(call["beam_size"] for call in pipeline.calls) == [1, 2, 3, 4]
     assert pipeline.options == FakeOptions()
+
+
+def test_every_decoding_option_reaches_the_pipeline(load_calls: list[dict[str, Any]]) -> None:
+    engine, pipeline = _engine("large-v3")
+    before = _snapshot(pipeline)
+    options = AsrOptions(
+        best_of=3,
+        patience=1.5,
+        length_penalty=0.8,
+        temperatures=[0.0, 0.5],
+        compression_ratio_threshold=2.0,
+        log_prob_threshold=-0.5,
+        no_speech_threshold=0.4,
+        condition_on_previous_text=True,
+        hotwords="Kennedy Berlin",
+        suppress_numerals=True,
+    )
+    engine.transcribe(AUDIO, AsrRequest(options=options))
+    call = pipeline.calls[-1]
+    applied = call["options"]
+    assert (applied.best_of, applied.patience, applied.length_penalty) == (3, 1.5, 0.8)
+    assert list(applied.temperatures) == [0.0, 0.5]
+    assert (applied.compression_ratio_threshold, applied.log_prob_threshold) == (2.0, -0.5)
+    assert (applied.no_speech_threshold, applied.condition_on_previous_text) == (0.4, True)
+    assert applied.hotwords == "Kennedy Berlin"
+    assert call["suppress_numerals"] is True
+    assert _snapshot(pipeline) == before
+
+
+def test_model_and_compute_type_pick_a_pipeline(load_calls: list[dict[str, Any]]) -> None:
+    engine, default = _engine("tiny.en", models={"small": "small"}, max_loaded_models=2)
+    engine.transcribe(AUDIO, AsrRequest(options=AsrOptions(model="small")))
+    assert [c["model"] for c in load_calls] == ["tiny.en", "small"]
+    assert default.calls == []
+    engine.transcribe(AUDIO, AsrRequest(options=AsrOptions(model="small")))  # kept loaded
+    assert len(load_calls) == 2
+    engine.transcribe(AUDIO, AsrRequest(options=AsrOptions(compute_type="float32")))
+    assert (load_calls[-1]["model"], load_calls[-1]["compute_type"]) == ("tiny.en", "float32")
+    engine.transcribe(AUDIO, AsrRequest())  # the default was evicted (LRU of 2): reloaded
+    assert (load_calls[-1]["model"], load_calls[-1]["compute_type"]) == ("tiny.en", "int8")
+
+
+def test_unknown_model_rejected(load_calls: list[dict[str, Any]]) -> None:
+    engine, _ = _engine("tiny.en")
+    with pytest.raises(InvalidRequestError, match="not served here") as info:
+        engine.transcribe(AUDIO, AsrRequest(options=AsrOptions(model="large-v9")))
+    assert info.value.status_code == 422
+    assert len(load_calls) == 1
+
+
+def test_unsupported_compute_type_is_a_request_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import whisperx
+
+    def load(model: str, device: str, **kwargs: Any) -> FakePipeline:
+        if kwargs["compute_type"] == "float16":
+            raise ValueError(
+                "Requested float16 compute type, but the target device or backend do not "
+                "support efficient float16 computation."
+            )
+        return FakePipeline(multilingual=False)
+
+    monkeypatch.setattr(whisperx, "load_model", load)
+    engine = AsrEngine(AsrConfig(model="tiny.en"))
+    with pytest.raises(InvalidRequestError, match="compute type"):
+        engine.transcribe(AUDIO, AsrRequest(options=AsrOptions(compute_type="float16")))

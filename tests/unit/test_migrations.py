@@ -16,7 +16,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Column, Integer, MetaData, Table
 
-from common.schemas import TaskParams, TaskType
+from common.schemas import TaskParams, TaskStatus, TaskType
 from storage import Database, TaskRow, migrate
 from storage import repository as repo
 from storage.db import downgrade
@@ -40,6 +40,9 @@ def _tables(path: Path) -> set[str]:
         return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
 
 
+HEAD = "0002"
+
+
 def _version(path: Path) -> list[str]:
     with sqlite3.connect(path) as conn:
         return [r[0] for r in conn.execute("SELECT version_num FROM alembic_version")]
@@ -49,7 +52,7 @@ def test_migrate_twice_is_a_noop(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "dir" / "db.sqlite"
     url = f"sqlite:///{path}"
     migrate(url)
-    assert _tables(path) == {"tasks", "alembic_version"} and _version(path) == ["0001"]
+    assert _tables(path) == {"tasks", "alembic_version"} and _version(path) == [HEAD]
     db = Database(url)
     repo.create_task(
         db,
@@ -60,7 +63,7 @@ def test_migrate_twice_is_a_noop(tmp_path: Path) -> None:
         audio_path=None,
     )
     migrate(url)
-    assert _version(path) == ["0001"]
+    assert _version(path) == [HEAD]
     assert repo.get_task(db, task_id="keep") is not None
     db.dispose()
 
@@ -86,7 +89,7 @@ def test_downgrade_base_then_upgrade(tmp_path: Path) -> None:
     downgrade(url, "base")
     assert "tasks" not in _tables(path) and _version(path) == []
     migrate(url)
-    assert "tasks" in _tables(path) and _version(path) == ["0001"]
+    assert "tasks" in _tables(path) and _version(path) == [HEAD]
 
 
 def test_concurrent_migrate_on_one_sqlite_file(tmp_path: Path) -> None:
@@ -107,7 +110,7 @@ def test_concurrent_migrate_on_one_sqlite_file(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert errors == []
-    assert _version(tmp_path / "db.sqlite") == ["0001"]
+    assert _version(tmp_path / "db.sqlite") == [HEAD]
 
 
 RACE_SCRIPT = """
@@ -137,7 +140,7 @@ def test_concurrent_migrate_from_processes(tmp_path: Path) -> None:
     for proc in procs:
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
-    assert _version(tmp_path / "db.sqlite") == ["0001"]
+    assert _version(tmp_path / "db.sqlite") == [HEAD]
 
 
 def test_in_memory_database_migrates() -> None:
@@ -159,4 +162,42 @@ def test_alembic_cli_reads_url_from_settings(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "alembic", "-c", "storage/alembic.ini", "upgrade", "head"]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert _version(path) == ["0001"]
+    assert _version(path) == [HEAD]
+
+
+def test_upgrade_from_0001_keeps_every_row(tmp_path: Path) -> None:
+    """An existing 0001 database with rows in every status upgrades to head unchanged."""
+    path = tmp_path / "old.sqlite"
+    url = f"sqlite:///{path}"
+    migrate(url, "0001")
+    with sqlite3.connect(path) as conn:
+        for i, status in enumerate(["queued", "processing", "completed", "failed"]):
+            conn.execute(
+                "INSERT INTO tasks (id, status, task_type, params, progress_percentage, "
+                "progress_stage, progress_seq, timings, attempts, created_at, updated_at, result) "
+                "VALUES (?, ?, 'speech-to-text', '{}', ?, 'queued', ?, '{}', 1, ?, ?, ?)",
+                (
+                    f"t{i}",
+                    status,
+                    25.0 * i,
+                    i,
+                    f"2026-01-0{i + 1} 00:00:00.000000",
+                    "2026-01-01 00:00:00.000000",
+                    '{"language": "en", "segments": []}',
+                ),
+            )
+    migrate(url)
+    assert _version(path) == [HEAD]
+    db = Database(url)
+    rows, total = repo.list_tasks(db, newest_first=False)
+    assert total == 4
+    assert [(r.id, r.status, r.progress_percentage, r.progress_seq) for r in rows] == [
+        ("t0", "queued", 0.0, 0),
+        ("t1", "processing", 25.0, 1),
+        ("t2", "completed", 50.0, 2),
+        ("t3", "failed", 75.0, 3),
+    ]
+    assert rows[2].to_public().result is not None
+    assert all(r.inputs is None and r.cancel_requested_at is None for r in rows)
+    assert repo.request_cancel(db, task_id="t0") is TaskStatus.cancelled  # new column works
+    db.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +12,16 @@ import pytest
 from common.errors import InvalidAudioError, ProcessingError
 from common.schemas import (
     AlignRequest,
+    AsrOptions,
     AsrRequest,
     DiarizeRequest,
     Segment,
+    SpeakerTurn,
     TaskError,
     TaskParams,
     TaskProgressStage,
     TaskStatus,
+    TaskType,
     Timings,
     Transcript,
     Word,
@@ -37,7 +41,9 @@ class FakeAsr:
         t = Transcript(language="en", segments=[Segment(start=0, end=2, text=" hello world")])
         return self._words(t) if req.word_timestamps else t
 
-    async def add_word_timestamps(self, audio: np.ndarray, transcript: Transcript) -> Transcript:
+    async def add_word_timestamps(
+        self, audio: np.ndarray, transcript: Transcript, options: AsrOptions | None = None
+    ) -> Transcript:
         self.word_calls += 1
         return self._words(transcript)
 
@@ -66,13 +72,23 @@ class FakeDiarize:
     def __init__(self, fail: bool = False) -> None:
         self.fail = fail
         self.requests: list[DiarizeRequest] = []
+        self.assigned: list[list[SpeakerTurn]] = []
+        self.block: asyncio.Event | None = None
 
     async def diarize(self, audio: np.ndarray, req: DiarizeRequest) -> Transcript:
         self.requests.append(req)
         if self.fail:
             raise RuntimeError("boom")
-        assert req.transcript is not None
-        return req.transcript.model_copy(update={"speakers": ["SPEAKER_00"]})
+        if self.block is not None:
+            await self.block.wait()
+        turns = [SpeakerTurn(start=0, end=2, speaker="SPEAKER_00")]
+        base = req.transcript or Transcript()
+        return base.model_copy(update={"speakers": ["SPEAKER_00"], "speaker_turns": turns})
+
+    async def assign(self, transcript: Transcript, turns: list[SpeakerTurn]) -> Transcript:
+        self.assigned.append(turns)
+        segments = [s.model_copy(update={"speaker": turns[0].speaker}) for s in transcript.segments]
+        return transcript.model_copy(update={"segments": segments, "speaker_turns": turns})
 
 
 class FakeProgress:
@@ -107,6 +123,7 @@ def make(
     decode_error: bool = False,
     diarize_fail: bool = False,
     language: str | None = "en",
+    cancelled: set[str] | None = None,
 ) -> tuple[TaskPipeline, FakeAsr, FakeAlign, FakeDiarize, FakeProgress]:
     asr, align, diar, progress = (
         FakeAsr(),
@@ -127,8 +144,16 @@ def make(
         progress=progress,
         decode=decode,
         default_language=language,  # type: ignore[arg-type]
+        cancel_requested=_cancel_check(cancelled) if cancelled is not None else None,
     )
     return pipeline, asr, align, diar, progress
+
+
+def _cancel_check(cancelled: set[str]) -> Any:
+    async def check(task_id: str) -> bool:
+        return task_id in cancelled
+
+    return check
 
 
 def task(**params: Any) -> TaskInput:
@@ -185,3 +210,102 @@ async def test_unknown_failure_becomes_processing_error_without_traceback() -> N
     assert progress.error.code == ProcessingError.code
     assert "RuntimeError: boom" in progress.error.technical_detail
     assert "\n" not in progress.error.technical_detail
+
+
+GIVEN = Transcript(language="en", segments=[Segment(start=0, end=2, text="hello world")])
+
+
+async def test_transcribe_only_task() -> None:
+    pipeline, asr, align, diar, progress = make({"en"})
+    kind = TaskType.transcribe
+    outcome = await pipeline.run(
+        TaskInput("t1", Path("/x"), TaskParams(align=False, diarize=False), task_type=kind)
+    )
+    assert outcome.status is TaskStatus.completed
+    assert progress.calls[0] == ("start", (TaskProgressStage.transcribing,))
+    assert len(asr.requests) == 1 and align.calls == 0 and not diar.requests
+
+
+@pytest.mark.parametrize(("supported", "method"), [({"en"}, "wav2vec2"), (set(), "whisper")])
+async def test_align_task_aligns_the_given_transcript(supported: set[str], method: str) -> None:
+    pipeline, asr, _, diar, progress = make(supported)
+    inputs = {"transcript": GIVEN.model_dump(mode="json")}
+    await pipeline.run(
+        TaskInput(
+            "t1", Path("/x"), TaskParams(diarize=False), task_type=TaskType.align, inputs=inputs
+        )
+    )
+    assert progress.calls[0] == ("start", (TaskProgressStage.aligning,))
+    assert asr.requests == [] and not diar.requests
+    assert progress.result is not None and progress.result.word_timestamps == method
+
+
+async def test_diarize_task_gives_turns_only() -> None:
+    pipeline, asr, _, diar, progress = make({"en"})
+    await pipeline.run(
+        TaskInput(
+            "t1", Path("/x"), TaskParams(align=False, max_speakers=3), task_type=TaskType.diarize
+        )
+    )
+    assert progress.calls[0] == ("start", (TaskProgressStage.diarizing,))
+    assert asr.requests == [] and diar.requests[0].transcript is None
+    assert diar.requests[0].max_speakers == 3
+    assert progress.result is not None and progress.result.segments == []
+    assert progress.result.speaker_turns is not None
+
+
+async def test_combine_task_needs_no_audio() -> None:
+    pipeline, asr, _, diar, progress = make({"en"})
+    turns = [{"start": 0.0, "end": 2.0, "speaker": "SPEAKER_01"}]
+    inputs = {"transcript": GIVEN.model_dump(mode="json"), "speaker_turns": turns}
+    outcome = await pipeline.run(
+        TaskInput("t1", None, TaskParams(align=False), task_type=TaskType.combine, inputs=inputs)
+    )
+    assert outcome.status is TaskStatus.completed and outcome.duration_s is None
+    assert diar.assigned[0][0].speaker == "SPEAKER_01" and asr.requests == []
+    assert progress.result is not None and progress.result.segments[0].speaker == "SPEAKER_01"
+
+
+async def test_cancel_request_stops_at_the_next_stage_boundary() -> None:
+    cancelled: set[str] = set()
+    pipeline, asr, align, diar, progress = make({"en"}, cancelled=cancelled)
+    original = asr.transcribe
+
+    async def transcribe_then_cancel(audio: np.ndarray, req: AsrRequest) -> Transcript:
+        cancelled.add("t1")  # the user cancels while transcription runs
+        return await original(audio, req)
+
+    asr.transcribe = transcribe_then_cancel  # type: ignore[method-assign]
+    outcome = await pipeline.run(task())
+    assert outcome.status is TaskStatus.cancelled
+    assert align.calls == 0 and not diar.requests
+    assert progress.calls[-1] == ("finish", TaskStatus.cancelled)
+
+
+async def test_interrupted_model_call_ends_cancelled_only_when_asked() -> None:
+    cancelled: set[str] = set()
+    pipeline, _, _, diar, progress = make({"en"}, cancelled=cancelled)
+    diar.block = asyncio.Event()
+    running = asyncio.create_task(pipeline.run(task()))
+    await wait_until_async(lambda: bool(diar.requests))
+    cancelled.add("t1")
+    running.cancel()
+    outcome = await running
+    assert outcome.status is TaskStatus.cancelled
+    assert progress.calls[-1] == ("finish", TaskStatus.cancelled)
+
+    pipeline, _, _, diar, progress = make({"en"}, cancelled=set())
+    diar.block = asyncio.Event()
+    running = asyncio.create_task(pipeline.run(task()))
+    await wait_until_async(lambda: bool(diar.requests))
+    running.cancel()  # a lost lease or shutdown: not the user's cancel
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert ("finish", TaskStatus.cancelled) not in progress.calls
+
+
+async def wait_until_async(predicate: Any, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from sqlalchemy import true
 
 from common.schemas import (
     AsrOptions,
@@ -22,7 +23,7 @@ from common.schemas import (
     Transcript,
     Word,
 )
-from storage import Database, migrate
+from storage import Database, TaskRow, migrate
 from storage import repository as repo
 
 pytestmark = pytest.mark.unit
@@ -112,11 +113,67 @@ def test_datetimes_are_tz_aware_utc(db: Database) -> None:
 def test_list_tasks_newest_first_with_filter_and_paging(db: Database) -> None:
     for i in range(5):
         _new(db, f"t{i}")
-    assert [r.id for r in repo.list_tasks(db)] == ["t4", "t3", "t2", "t1", "t0"]
-    assert [r.id for r in repo.list_tasks(db, limit=2, offset=1)] == ["t3", "t2"]
+    assert _ids(repo.list_tasks(db)) == (["t4", "t3", "t2", "t1", "t0"], 5)
+    assert _ids(repo.list_tasks(db, limit=2, offset=1)) == (["t3", "t2"], 5)
+    assert _ids(repo.list_tasks(db, limit=2, newest_first=False)) == (["t0", "t1"], 5)
     repo.claim_tasks(db, worker_id="w", limit=2, lease_seconds=30)
-    assert [r.id for r in repo.list_tasks(db, status=TaskStatus.processing)] == ["t1", "t0"]
-    assert [r.id for r in repo.list_tasks(db, status=TaskStatus.queued)] == ["t4", "t3", "t2"]
+    processing = repo.TaskFilter(status=TaskStatus.processing)
+    queued = repo.TaskFilter(status=TaskStatus.queued)
+    assert _ids(repo.list_tasks(db, filters=processing)) == (["t1", "t0"], 2)
+    assert _ids(repo.list_tasks(db, filters=queued, limit=1)) == (["t4"], 3)
+
+
+def _ids(page: tuple[list[TaskRow], int]) -> tuple[list[str], int]:
+    return [r.id for r in page[0]], page[1]
+
+
+def test_list_filters_by_type_and_creation_time(db: Database) -> None:
+    base = datetime(2030, 1, 1, tzinfo=UTC)
+    for i, kind in enumerate([TaskType.speech_to_text, TaskType.diarize, TaskType.diarize]):
+        repo.create_task(
+            db,
+            task_id=f"k{i}",
+            task_type=kind,
+            params=TaskParams(),
+            file_name=None,
+            audio_path=None,
+        )
+        repo._update(db, f"k{i}", true(), created_at=base + timedelta(hours=i))
+    diarize = repo.TaskFilter(task_type=TaskType.diarize)
+    assert _ids(repo.list_tasks(db, filters=diarize)) == (["k2", "k1"], 2)
+    window = repo.TaskFilter(
+        created_after=base + timedelta(minutes=30), created_before=base + timedelta(hours=2)
+    )
+    assert _ids(repo.list_tasks(db, filters=window)) == (["k1"], 1)
+
+
+def test_cancel_queued_at_once_running_by_request(db: Database) -> None:
+    for i in range(3):
+        _new(db, f"c{i}")
+    repo.claim_tasks(db, worker_id="w", limit=1, lease_seconds=30)  # c0 runs
+    assert repo.request_cancel(db, task_id="c1") is TaskStatus.cancelled
+    assert repo.get_task(db, task_id="c1").status == "cancelled"
+    assert repo.claim_tasks(db, worker_id="w", limit=5, lease_seconds=30)[0].id == "c2"
+    assert repo.request_cancel(db, task_id="c0") is TaskStatus.processing
+    assert repo.cancel_requested(db, task_ids=["c0", "c2", "zz"]) == {"c0"}
+    assert repo.cancel_task(db, task_id="c0", seq=7)
+    row = repo.get_task(db, task_id="c0")
+    assert (row.status, row.progress_seq, row.claimed_by) == ("cancelled", 7, None)
+    assert not repo.cancel_task(db, task_id="c0")  # already terminal
+    assert repo.request_cancel(db, task_id="c0") is TaskStatus.cancelled
+    assert repo.request_cancel(db, task_id="nope") is None
+
+
+def test_queue_position_and_delete(db: Database) -> None:
+    for i in range(4):
+        _new(db, f"q{i}")
+    assert [repo.queue_position(db, task_id=f"q{i}") for i in range(4)] == [1, 2, 3, 4]
+    repo.claim_tasks(db, worker_id="w", limit=1, lease_seconds=30)
+    assert [repo.queue_position(db, task_id=f"q{i}") for i in range(4)] == [None, 1, 2, 3]
+    deleted = repo.delete_task(db, task_id="q2")
+    assert deleted is not None and deleted.id == "q2"
+    assert repo.get_task(db, task_id="q2") is None and repo.delete_task(db, task_id="q2") is None
+    assert repo.queue_position(db, task_id="q3") == 2
 
 
 def test_update_progress_is_monotonic(db: Database) -> None:
@@ -222,7 +279,7 @@ def test_renew_only_own_leases_and_release(db: Database) -> None:
         db, worker_id="a", task_ids=["t0", "t1", "t2", "t0", "zz"], lease_seconds=600
     )
     assert renewed == {"t0", "t1"}
-    rows = {r.id: r for r in repo.list_tasks(db)}
+    rows = {r.id: r for r in repo.list_tasks(db)[0]}
     assert rows["t0"].lease_expires_at is not None and rows["t2"].lease_expires_at is not None
     assert rows["t0"].lease_expires_at > t0 + timedelta(seconds=500)
     assert rows["t2"].lease_expires_at == t0 + timedelta(seconds=5)
@@ -310,7 +367,7 @@ def test_in_memory_database(tmp_path: Path) -> None:
     db = Database("sqlite://")
     migrate(db)
     _new(db, "m")
-    assert [r.id for r in repo.list_tasks(db)] == ["m"]
+    assert _ids(repo.list_tasks(db)) == (["m"], 1)
     db.dispose()
 
 

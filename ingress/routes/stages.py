@@ -1,0 +1,249 @@
+"""Single-stage routes (``/service/*``): one model stage as its own task.
+
+Each answers at once like ``POST /speech-to-text`` and runs through the same durable
+queue, progress protocol and result routes; the task's ``task_type`` says which stage.
+JSON inputs (a transcript to align, diarization to combine) are validated here, so a
+malformed file is a 422 before anything is queued.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Request, UploadFile
+from pydantic import BaseModel, ValidationError
+
+from common.errors import InvalidRequestError, UploadTooLargeError
+from common.schemas import (
+    AlignOptions,
+    AsrOptions,
+    SpeakerTurn,
+    TaskAccepted,
+    TaskType,
+    Transcript,
+)
+from ingress.errors import error_responses
+from ingress.params import (
+    CallbackUrl,
+    SpeakerOptions,
+    align_options,
+    asr_options,
+    build_params,
+)
+from ingress.services import IngressServices, ServicesDep
+from ingress.submit import accept_task, check_declared_size, new_task_id
+from ingress.uploads import display_name, save_upload, storage_path
+
+router = APIRouter(prefix="/service", tags=["Services"])
+
+MAX_JSON_BYTES = 32 * 1024 * 1024
+_ACCEPTED = "Queues the task and answers at once; follow it like any other task."
+AsrDep = Annotated[AsrOptions, Depends(asr_options)]
+AlignDep = Annotated[AlignOptions, Depends(align_options)]
+SpeakersDep = Annotated[SpeakerOptions, Depends()]
+AudioFile = Annotated[
+    UploadFile, File(description="Audio or video file (any format PyAV decodes).")
+]
+
+
+async def _store_audio(
+    request: Request, services: IngressServices, task_id: str, file: UploadFile
+) -> tuple[Any, float | None]:
+    limit = services.config.max_upload_bytes
+    check_declared_size(request.headers, limit)
+    path = storage_path(services.settings.upload_dir(), task_id, file.filename)
+    return path, await save_upload(file.file, path, limit)
+
+
+async def _read_json(upload: UploadFile, what: str) -> Any:
+    raw = await upload.read(MAX_JSON_BYTES + 1)
+    if len(raw) > MAX_JSON_BYTES:
+        raise UploadTooLargeError(
+            f"The {what} file is larger than {MAX_JSON_BYTES} bytes.",
+            f"{what} JSON exceeds {MAX_JSON_BYTES} bytes",
+        )
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequestError(
+            f"The {what} file is not valid JSON.", f"{what}: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def _validated(model: type[BaseModel], data: Any, what: str) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(root)"
+        raise InvalidRequestError(
+            f"The {what} file does not have the expected shape: {where}: {first['msg']}.",
+            f"{what} validation: {exc.error_count()} errors; first at {where}",
+        ) from None
+
+
+def _transcript(data: Any, what: str) -> Transcript:
+    """Our Transcript JSON, or whisperx's own result (``{"segments": [...], ...}``)."""
+    if isinstance(data, dict) and isinstance(data.get("result"), dict):
+        data = data["result"]  # a whole task record from GET /task/{id}
+    transcript: Transcript = _validated(Transcript, data, what)
+    if not transcript.segments:
+        raise InvalidRequestError(f"The {what} has no segments.", f"{what}: empty segments list")
+    return transcript
+
+
+class _Turns(BaseModel):
+    turns: list[SpeakerTurn]
+
+
+def _speaker_turns(data: Any) -> list[SpeakerTurn]:
+    """Turns from a diarize task's result, a list of turns, or whisperX-FastAPI's shape
+    (``label`` for ``speaker``)."""
+    if isinstance(data, dict):
+        if isinstance(data.get("result"), dict):
+            data = data["result"]
+        data = data.get("speaker_turns", data.get("segments"))
+    if isinstance(data, list):
+        data = [
+            {**item, "speaker": item.get("speaker", item.get("label"))}
+            if isinstance(item, dict)
+            else item
+            for item in data
+        ]
+    turns: list[SpeakerTurn] = _validated(_Turns, {"turns": data}, "diarization").turns
+    if not turns:
+        raise InvalidRequestError("The diarization has no speaker turns.", "empty turns")
+    return turns
+
+
+@router.post(
+    "/transcribe",
+    response_model=TaskAccepted,
+    summary="Transcribe only (no word alignment, no speakers)",
+    description=_ACCEPTED,
+    responses=error_responses(413, 422, 503),
+)
+async def transcribe(
+    request: Request,
+    services: ServicesDep,
+    asr: AsrDep,
+    file: AudioFile,
+    callback_url: CallbackUrl = None,
+) -> TaskAccepted:
+    params = build_params(asr=asr, align=False, diarize=False, callback_url=callback_url)
+    task_id = new_task_id()
+    path, duration = await _store_audio(request, services, task_id, file)
+    return await accept_task(
+        services,
+        task_id=task_id,
+        task_type=TaskType.transcribe,
+        params=params,
+        file_name=display_name(file.filename),
+        audio_path=path,
+        audio_duration=duration,
+    )
+
+
+@router.post(
+    "/align",
+    response_model=TaskAccepted,
+    summary="Word timestamps for a given transcript and its audio",
+    description=(
+        "`transcript` is a JSON file: a transcript from this service (or a whole task "
+        'record) or whisperx\'s own result (`{"segments": [{"start", "end", "text"}], '
+        '"language"}`). Uses wav2vec2 when an aligner serves the language, else Whisper\'s '
+        "own word timings; the result's `word_timestamps` says which. " + _ACCEPTED
+    ),
+    responses=error_responses(413, 422, 503),
+)
+async def align(
+    request: Request,
+    services: ServicesDep,
+    alignment: AlignDep,
+    transcript: Annotated[UploadFile, File(description="Transcript JSON file.")],
+    file: AudioFile,
+    callback_url: CallbackUrl = None,
+) -> TaskAccepted:
+    given = _transcript(await _read_json(transcript, "transcript"), "transcript")
+    params = build_params(alignment=alignment, diarize=False, callback_url=callback_url)
+    task_id = new_task_id()
+    path, duration = await _store_audio(request, services, task_id, file)
+    return await accept_task(
+        services,
+        task_id=task_id,
+        task_type=TaskType.align,
+        params=params,
+        file_name=display_name(file.filename),
+        audio_path=path,
+        audio_duration=duration,
+        inputs={"transcript": given.model_dump(mode="json")},
+    )
+
+
+@router.post(
+    "/diarize",
+    response_model=TaskAccepted,
+    summary="Speaker turns only",
+    description="The result has no segments, only `speaker_turns` and `speakers`. " + _ACCEPTED,
+    responses=error_responses(413, 422, 503),
+)
+async def diarize(
+    request: Request,
+    services: ServicesDep,
+    speakers: SpeakersDep,
+    file: AudioFile,
+    callback_url: CallbackUrl = None,
+) -> TaskAccepted:
+    params = build_params(
+        align=False,
+        num_speakers=speakers.num_speakers,
+        min_speakers=speakers.min_speakers,
+        max_speakers=speakers.max_speakers,
+        callback_url=callback_url,
+    )
+    task_id = new_task_id()
+    path, duration = await _store_audio(request, services, task_id, file)
+    return await accept_task(
+        services,
+        task_id=task_id,
+        task_type=TaskType.diarize,
+        params=params,
+        file_name=display_name(file.filename),
+        audio_path=path,
+        audio_duration=duration,
+    )
+
+
+@router.post(
+    "/combine",
+    response_model=TaskAccepted,
+    summary="Assign speakers from a diarization to a transcript's words",
+    description=(
+        "`aligned_transcript`: transcript JSON (ideally with word times). `diarization_result`: "
+        "a `/service/diarize` result, or a JSON list of `{start, end, speaker}` (or `label`). "
+        + _ACCEPTED
+    ),
+    responses=error_responses(413, 422, 503),
+)
+async def combine(
+    services: ServicesDep,
+    aligned_transcript: Annotated[UploadFile, File(description="Transcript JSON file.")],
+    diarization_result: Annotated[UploadFile, File(description="Diarization JSON file.")],
+    callback_url: CallbackUrl = None,
+) -> TaskAccepted:
+    given = _transcript(await _read_json(aligned_transcript, "transcript"), "transcript")
+    turns = _speaker_turns(await _read_json(diarization_result, "diarization"))
+    params = build_params(align=False, callback_url=callback_url)
+    return await accept_task(
+        services,
+        task_id=new_task_id(),
+        task_type=TaskType.combine,
+        params=params,
+        file_name=display_name(aligned_transcript.filename),
+        audio_path=None,
+        inputs={
+            "transcript": given.model_dump(mode="json"),
+            "speaker_turns": [t.model_dump(mode="json") for t in turns],
+        },
+    )

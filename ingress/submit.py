@@ -1,0 +1,68 @@
+"""Accepting a task: one place that stores the row, wakes the runner and answers 202-style.
+
+Every submitting route (uploads, URLs, single-stage ``/service/*`` routes, the OpenAI-style
+endpoints) ends here, so all tasks share one record format and one queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from pathlib import Path
+from typing import Any
+
+from common.errors import UploadTooLargeError
+from common.schemas import TaskAccepted, TaskParams, TaskStatus, TaskType
+from ingress.services import IngressServices
+from storage import repository
+
+logger = logging.getLogger(__name__)
+
+
+def new_task_id() -> str:
+    return uuid.uuid4().hex
+
+
+def check_declared_size(headers: Any, limit: int) -> None:
+    """Refuse before reading the body when Content-Length already exceeds the limit."""
+    declared = headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
+        raise UploadTooLargeError(
+            f"The file is larger than the {limit} bytes this service accepts.",
+            f"content-length {declared} > max_upload_bytes={limit}",
+        )
+
+
+async def accept_task(
+    services: IngressServices,
+    *,
+    task_id: str,
+    task_type: TaskType,
+    params: TaskParams,
+    file_name: str | None,
+    audio_path: Path | None,
+    audio_duration: float | None = None,
+    inputs: dict[str, Any] | None = None,
+) -> TaskAccepted:
+    """Insert the queued task, wake the runner, and describe where to follow it."""
+    await asyncio.to_thread(
+        repository.create_task,
+        services.db,
+        task_id=task_id,
+        task_type=task_type,
+        params=params,
+        file_name=file_name,
+        audio_path=str(audio_path) if audio_path is not None else None,
+        audio_duration=audio_duration,
+        inputs=inputs,
+    )
+    services.runner.notify()
+    logger.info("task %s queued (%s)", task_id, task_type.value, extra={"task_id": task_id})
+    return TaskAccepted(
+        identifier=task_id,
+        status=TaskStatus.queued,
+        message="Task queued",
+        progress_url=f"/tasks/{task_id}/progress",
+        websocket_url=f"/ws/tasks/{task_id}",
+    )
