@@ -1,7 +1,8 @@
 """One real local Ray cluster and one deployed app for the whole integration tier.
 
-The app runs the real bundle models on CPU against the local PostgreSQL server (a fresh
-schema per session), with a random-init tiny wav2vec2 so the alignment code path runs.
+The app runs the real bundle models on CPU, with a random-init tiny wav2vec2 so the
+alignment code path runs. The tier runs twice: against the local PostgreSQL server (a
+fresh schema) and against SQLite, the embedded default.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,16 +42,31 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def pg_schema_url() -> Iterator[str]:
+@contextmanager
+def pg_schema() -> Iterator[str]:
+    """A fresh PostgreSQL schema for one app; dropped afterwards."""
     schema = f"it_{uuid.uuid4().hex[:10]}"
     engine = sa.create_engine(PG_BASE)
     with engine.begin() as conn:  # fails loudly if PostgreSQL is down: these tests must run
         conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    yield f"{PG_BASE}?options=-csearch_path%3D{schema}"
-    with engine.begin() as conn:
-        conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-    engine.dispose()
+    try:
+        yield f"{PG_BASE}?options=-csearch_path%3D{schema}"
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        engine.dispose()
+
+
+@pytest.fixture(scope="session", params=["postgresql", "sqlite"])
+def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The whole integration tier runs once per database: PostgreSQL, then SQLite."""
+    if request.param == "postgresql":
+        with pg_schema() as url:
+            yield url
+    else:
+        yield f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'whisperx-serve.db'}"
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +79,7 @@ def tiny_aligner(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def service(
     tmp_path_factory: pytest.TempPathFactory,
-    pg_schema_url: str,
+    database_url: str,
     models_dir: Path,
     tiny_aligner: Path,
 ) -> Iterator[Service]:
@@ -74,10 +91,13 @@ def service(
     data_dir = tmp_path_factory.mktemp("data")
     env = {
         "WHISPERX_SERVE_DATA_DIR": str(data_dir),
-        "WHISPERX_SERVE_DATABASE_URL": pg_schema_url,
+        "WHISPERX_SERVE_DATABASE_URL": database_url,
         "PYANNOTE_METRICS_ENABLED": "0",
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
+        # progress events also go to the local Redis, under keys of this session only
+        "WHISPERX_SERVE_REDIS_URL": "redis://127.0.0.1:6379/0",
+        "WHISPERX_SERVE_REDIS_PREFIX": f"whisperx-it-{uuid.uuid4().hex[:10]}",
     }
     # Workers get the settings through runtime_env; this process's environment stays
     # untouched so later tests (unit tier) never see the integration database.
@@ -115,6 +135,6 @@ def service(
         timeout=300,
         what="/health/ready",
     )
-    yield Service(base, f"ws://127.0.0.1:{port}", pg_schema_url, data_dir, args)
+    yield Service(base, f"ws://127.0.0.1:{port}", database_url, data_dir, args)
     serve.shutdown()
     ray.shutdown()

@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 import psycopg
 import pytest
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
@@ -32,6 +33,7 @@ from storage.models import Base
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
+HEAD = "0002"
 BASE_URL = os.environ.get(
     "WHISPERX_SERVE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
@@ -102,12 +104,12 @@ def test_concurrent_migrate_on_empty_schema(pg_url: str) -> None:
             conn, opts={"compare_type": True, "compare_server_default": True}
         )
         assert compare_metadata(ctx, Base.metadata) == []
-        assert ctx.get_current_revision() == "0001"
+        assert ctx.get_current_revision() == HEAD
     migrate(pg_url)  # at head already: no-op
     _new(db, "x")
     downgrade(pg_url, "base")
     migrate(pg_url)
-    assert repo.list_tasks(db) == []
+    assert repo.list_tasks(db) == ([], 0)
     db.dispose()
 
 
@@ -143,7 +145,7 @@ def test_lifecycle_and_public_round_trip(db: Database) -> None:
     assert failed.progress_stage == "queued"
     counts = repo.count_by_status(db)
     assert counts[TaskStatus.completed] == 1 and counts[TaskStatus.failed] == 1
-    assert [r.id for r in repo.list_tasks(db)] == ["f", "t"]
+    assert [r.id for r in repo.list_tasks(db)[0]] == ["f", "t"]
 
 
 def test_leases_reclaim_renew_release(db: Database) -> None:
@@ -183,3 +185,94 @@ def test_claim_race_each_task_claimed_exactly_once(db: Database, pg_url: str) ->
     counts = Counter(claims)
     assert len(counts) == 20 and set(counts.values()) == {1}
     assert repo.count_by_status(db)[TaskStatus.processing] == 20
+
+
+def test_upgrade_from_0001_keeps_rows(pg_url: str) -> None:
+    """A production database at 0001 with live rows upgrades in place, nothing lost."""
+    migrate(pg_url, "0001")
+    db = Database(pg_url)
+    with db.engine.begin() as conn:  # rows as the 0001 code wrote them (no newer columns)
+        for i, (status, result) in enumerate(
+            [
+                ("completed", '{"language": "en", "segments": []}'),
+                ("queued", None),
+                ("queued", None),
+            ]
+        ):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO tasks (id, status, task_type, params, result, progress_percentage,"
+                    " progress_stage, progress_seq, timings, attempts, created_at, updated_at)"
+                    " VALUES (:id, :status, 'speech-to-text', '{}', CAST(:result AS JSONB), 0,"
+                    " 'queued', :seq, '{}', 0, :created, :created)"
+                ),
+                {
+                    "id": f"old-{i}",
+                    "status": status,
+                    "result": result,
+                    "seq": 4 if status == "completed" else 0,
+                    "created": datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=i),
+                },
+            )
+    db.dispose()
+
+    migrate(pg_url)
+    db = Database(pg_url)
+    rows, total = repo.list_tasks(db, newest_first=False)
+    assert total == 3
+    assert [(r.id, r.status) for r in rows] == [
+        ("old-0", "completed"),
+        ("old-1", "queued"),
+        ("old-2", "queued"),
+    ]
+    transcript = Transcript.model_validate({"language": "en", "segments": []})
+    assert rows[0].to_public().result == transcript and rows[0].progress_seq == 4
+    assert repo.request_cancel(db, task_id="old-1") is TaskStatus.cancelled
+    kind = repo.TaskFilter(task_type=TaskType.speech_to_text)
+    assert repo.list_tasks(db, filters=kind)[1] == 3
+    db.dispose()
+
+
+def test_concurrent_progress_terminal_and_cancel_writes(db: Database, pg_url: str) -> None:
+    """Progress mirrors, a completion and a cancellation racing on the same rows: each row
+    ends in exactly one terminal state, and progress never goes backwards."""
+    n = 12
+    for i in range(n):
+        _new(db, f"r{i}")
+    repo.claim_tasks(db, worker_id="w", limit=n, lease_seconds=60)
+    stage = TaskProgressStage.transcribing
+    transcript = Transcript.model_validate({"language": "en", "segments": []})
+    outcomes: dict[str, list[str]] = {f"r{i}": [] for i in range(n)}
+    lock = threading.Lock()
+
+    def writer(k: int) -> None:
+        own = Database(pg_url)
+        try:
+            for i in range(n):
+                task_id = f"r{i}"
+                if k == 0 and repo.complete_task(
+                    own, task_id=task_id, result=transcript, timings=Timings(), seq=100
+                ):
+                    with lock:
+                        outcomes[task_id].append("completed")
+                elif k == 1 and repo.cancel_task(own, task_id=task_id, seq=100):
+                    with lock:
+                        outcomes[task_id].append("cancelled")
+                elif k == 2:
+                    repo.request_cancel(own, task_id=task_id)
+                else:
+                    for seq in range(1, 30):
+                        repo.update_progress(
+                            own, task_id=task_id, stage=stage, percentage=seq * 3.0, seq=seq
+                        )
+        finally:
+            own.dispose()
+
+    assert _in_threads(6, writer) == []
+    for i in range(n):
+        row = repo.get_task(db, task_id=f"r{i}")
+        assert row is not None
+        assert len(outcomes[row.id]) == 1 and row.status == outcomes[row.id][0]
+        assert row.progress_seq == 100 and row.lease_expires_at is None
+        if row.status == "completed":
+            assert row.progress_percentage == 100.0 and row.result is not None
