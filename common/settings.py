@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -20,10 +22,35 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     """Redis URL for cross-process progress events; unset means the Ray actor alone."""
 
+    redis_prefix: str = "whisperx"
+    """First part of every Redis key and channel (``{prefix}:{app}:...``)."""
+
+    redis_stream_maxlen: int = Field(1000, ge=10)
+    """About how many events each task's Redis stream keeps (older ones are trimmed)."""
+
+    redis_ttl_seconds: int = Field(86_400, ge=60)
+    """A task's Redis stream expires this long after its last event."""
+
     hf_token: SecretStr | None = None
     """Hugging Face token for gated hub models (production only; never needed offline)."""
 
     log_level: str = "INFO"
+
+    url_fetch_allow_networks: Annotated[list[IPvAnyNetwork], NoDecode] = []
+    """CIDRs that URL downloads and task callbacks may reach although they are not public
+    (an internal media server; a test server on 127.0.0.1). A JSON list or comma-separated
+    (``127.0.0.1/32,10.2.0.0/16``); default none. Metadata, multicast and unspecified
+    addresses stay refused."""
+
+    @field_validator("url_fetch_allow_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -26,6 +26,8 @@ from common.schemas import (
     Timings,
     Transcript,
 )
+from common.settings import Settings
+from deployments.events_bus import EventPublisher, EventsBusConfig
 from deployments.progress_state import (
     STAGE_WEIGHTS,
     Event,
@@ -47,6 +49,7 @@ class ProgressTracker:
         *,
         mirror_interval_s: float = 1.0,
         retain_terminal_s: float = 900.0,
+        events_bus: EventsBusConfig | None = None,
     ) -> None:
         self._db = Database(database_url)
         self._mirror_interval = mirror_interval_s
@@ -55,6 +58,8 @@ class ProgressTracker:
         self._changed: dict[str, asyncio.Condition] = {}
         self._mirrored: dict[str, tuple[float, TaskProgressStage]] = {}
         self._weights = dict(STAGE_WEIGHTS)  # learned from completed tasks on this cluster
+        # Copies every logged event to Redis in the background (never blocks progress).
+        self._bus = EventPublisher(events_bus, self._logged) if events_bus else None
 
     # ---------------------------------------------------------------- writers
 
@@ -103,6 +108,10 @@ class ProgressTracker:
                 timings=timings or Timings(),
                 seq=seq,
             )
+        elif final is TaskStatus.cancelled:
+            written = await asyncio.to_thread(
+                repository.cancel_task, self._db, task_id=task_id, timings=timings, seq=seq
+            )
         else:
             err = error or TaskError(code="internal", user_message="The task failed.")
             written = await asyncio.to_thread(
@@ -117,6 +126,19 @@ class ProgressTracker:
         if durations := state.stage_durations():
             self._weights = learn_weights(self._weights, durations)
         return written
+
+    async def cancel(self, task_id: str) -> TaskStatus | None:
+        """Cancel a task: a queued one ends now; a running one is flagged in the database and
+        its runner stops it at the next safe point, then finishes it as ``cancelled``.
+
+        Returns the task's status afterwards, or ``None`` for an unknown task.
+        """
+        status = await asyncio.to_thread(repository.request_cancel, self._db, task_id=task_id)
+        if status is TaskStatus.cancelled:
+            state = await self._state(task_id)
+            if state is not None and state.finish(TaskStatus.cancelled) is not None:
+                await self._notify(state)
+        return status
 
     async def stage_weights(self) -> dict[str, float]:
         """Current learned share of each stage (for operators and tests)."""
@@ -152,6 +174,15 @@ class ProgressTracker:
     async def ping(self) -> bool:
         return True
 
+    async def redis_state(self) -> str:
+        """The Redis publisher: ``ok``, ``not configured`` or ``unavailable: <error>``."""
+        return await self._bus.state() if self._bus is not None else "not configured"
+
+    async def close(self) -> None:
+        """Stop the Redis publisher (tests that run the tracker as a plain object)."""
+        if self._bus is not None:
+            await self._bus.aclose()
+
     # ---------------------------------------------------------------- internals
 
     async def _state(self, task_id: str) -> TaskProgressState | None:
@@ -176,6 +207,13 @@ class ProgressTracker:
         cond = self._condition(state.task_id)
         async with cond:
             cond.notify_all()
+        if self._bus is not None:
+            self._bus.offer(state.task_id)
+
+    def _logged(self, task_id: str, after_seq: int) -> list[Event] | None:
+        """The publisher's view of a task's log (None once the task was evicted)."""
+        state = self._states.get(task_id)
+        return state.events_after(after_seq) if state is not None else None
 
     async def _mirror(self, state: TaskProgressState) -> None:
         now = time.monotonic()
@@ -209,9 +247,18 @@ class ProgressTracker:
 
 
 def get_or_create_tracker(
-    app_name: str, database_url: str, *, mirror_interval_s: float = 1.0
+    app_name: str,
+    database_url: str,
+    *,
+    mirror_interval_s: float = 1.0,
+    settings: Settings | None = None,
 ) -> Any:
-    """The app's tracker actor: detached (outlives any replica) and restarted on failure."""
+    """The app's tracker actor: detached (outlives any replica) and restarted on failure.
+
+    Whoever creates it first fixes its arguments, so every caller passes the same ones;
+    ``settings`` says whether (and where) it publishes events to Redis.
+    """
+    events_bus = EventsBusConfig.from_settings(settings, app_name) if settings else None
     actor_cls = ray.remote(ProgressTracker)
     return actor_cls.options(
         name=tracker_name(app_name),
@@ -222,4 +269,4 @@ def get_or_create_tracker(
         max_task_retries=3,
         max_concurrency=10_000,
         num_cpus=0,
-    ).remote(database_url, mirror_interval_s=mirror_interval_s)
+    ).remote(database_url, mirror_interval_s=mirror_interval_s, events_bus=events_bus)

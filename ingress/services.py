@@ -9,7 +9,7 @@ from typing import Annotated, Protocol
 from fastapi import Depends, Request
 
 from common.config import IngressConfig
-from common.schemas import TaskSnapshot
+from common.schemas import TaskSnapshot, TaskStatus
 from common.settings import Settings
 from deployments.progress_state import Event
 from storage.db import Database
@@ -21,6 +21,17 @@ class ProgressReader(Protocol):
         self, task_id: str, after_seq: int, timeout_s: float
     ) -> list[Event] | None: ...
     async def ping(self) -> bool: ...
+    async def cancel(self, task_id: str) -> TaskStatus | None: ...
+
+
+class EventStreamReader(Protocol):
+    """Task events from a shared store (Redis) that every ingress replica can read."""
+
+    def usable(self) -> bool: ...
+    async def read_after(
+        self, task_id: str, after_seq: int, wait_s: float
+    ) -> list[Event] | None: ...
+    async def health(self) -> str: ...
 
 
 class Notifier(Protocol):
@@ -40,6 +51,8 @@ class IngressServices:
     runner: Notifier
     deployments_ready: ReadinessCheck
     ws_wait_seconds: float = 20.0
+    events: EventStreamReader | None = None
+    """Redis event reader when ``redis_url`` is set; the tracker actor is the fallback."""
 
 
 def get_services(request: Request) -> IngressServices:

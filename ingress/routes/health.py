@@ -1,4 +1,9 @@
-"""Liveness and readiness."""
+"""Liveness and readiness.
+
+Readiness needs the database, the tracker and every deployment. Redis is optional: when it
+is down the actor carries progress events alone, so readiness stays 200 but says
+``degraded`` and why.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from ingress.services import ServicesDep
+from ingress.services import IngressServices, ServicesDep
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["Health"])
@@ -17,7 +22,10 @@ router = APIRouter(tags=["Health"])
 
 class HealthStatus(BaseModel):
     status: str
+    """``ok``; ``degraded`` (working, an optional part such as Redis is down); or
+    ``unavailable`` (HTTP 503)."""
     checks: dict[str, str] = {}
+    """Each component: ``ok`` or what is wrong (``redis`` may also be ``not configured``)."""
 
 
 @router.get("/health", response_model=HealthStatus, summary="The ingress answers")
@@ -33,7 +41,7 @@ async def live() -> HealthStatus:
 @router.get(
     "/health/ready",
     response_model=HealthStatus,
-    summary="Readiness: database, progress tracker and every deployment",
+    summary="Readiness: database, progress tracker, every deployment, Redis if configured",
     responses={503: {"model": HealthStatus, "description": "A component is not ready"}},
 )
 async def ready(services: ServicesDep) -> JSONResponse:
@@ -54,5 +62,17 @@ async def ready(services: ServicesDep) -> JSONResponse:
     except Exception as exc:
         checks["deployments"] = f"{type(exc).__name__}: {exc}"[:200]
     ok = all(v == "ok" for v in checks.values())
-    body = HealthStatus(status="ok" if ok else "unavailable", checks=checks)
+    checks["redis"] = await _redis_check(services, timeout)
+    degraded = checks["redis"] not in ("ok", "not configured")
+    state = "unavailable" if not ok else "degraded" if degraded else "ok"
+    body = HealthStatus(status=state, checks=checks)
     return JSONResponse(status_code=200 if ok else 503, content=body.model_dump())
+
+
+async def _redis_check(services: IngressServices, timeout: float) -> str:
+    if services.events is None:
+        return "not configured"
+    try:
+        return await asyncio.wait_for(services.events.health(), timeout)
+    except Exception as exc:
+        return f"unavailable: {type(exc).__name__}: {exc}"[:200]

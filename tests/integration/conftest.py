@@ -98,6 +98,9 @@ def service(
         # progress events also go to the local Redis, under keys of this session only
         "WHISPERX_SERVE_REDIS_URL": "redis://127.0.0.1:6379/0",
         "WHISPERX_SERVE_REDIS_PREFIX": f"whisperx-it-{uuid.uuid4().hex[:10]}",
+        "WHISPERX_SERVE_REDIS_TTL_SECONDS": "600",
+        # URL downloads and callbacks may reach test servers on 127.0.0.1 (nothing else)
+        "WHISPERX_SERVE_URL_FETCH_ALLOW_NETWORKS": "127.0.0.1/32",
     }
     # Workers get the settings through runtime_env; this process's environment stays
     # untouched so later tests (unit tier) never see the integration database.

@@ -63,6 +63,14 @@ class FakeTracker:
     async def ping(self) -> bool:
         return True
 
+    async def cancel(self, task_id: str) -> TaskStatus | None:
+        status = repository.request_cancel(self.db, task_id=task_id)
+        state = self.state(task_id)
+        if status is TaskStatus.cancelled and state is not None:
+            state.finish(TaskStatus.cancelled)
+            self.changed.set()
+        return status
+
 
 class Notifier:
     def __init__(self) -> None:
@@ -145,7 +153,7 @@ async def test_bad_files_are_422_and_not_stored(
     assert r.status_code == 422, r.text
     assert r.json()["error_code"] == code and r.json()["user_message"]
     assert not list(services.settings.upload_dir().glob("*"))
-    assert repository.list_tasks(services.db) == []
+    assert repository.list_tasks(services.db) == ([], 0)
 
 
 async def test_oversize_upload_is_413(client: httpx.AsyncClient, services: IngressServices) -> None:
@@ -190,7 +198,9 @@ async def test_progress_polling_reads_tracker(
 async def test_ready_reports_components(client: httpx.AsyncClient) -> None:
     r = await client.get("/health/ready")
     assert r.status_code == 200, r.text
-    assert set(r.json()["checks"]) == {"database", "progress_tracker", "deployment:AsrDeployment"}
+    checks = r.json()["checks"]
+    assert set(checks) == {"database", "progress_tracker", "deployment:AsrDeployment", "redis"}
+    assert checks["redis"] == "not configured"
     assert (await client.get("/health/live")).status_code == 200
 
 
