@@ -22,11 +22,37 @@ class Resources(BaseModel):
     num_gpus: float = Field(0.0, ge=0)
 
 
+class Autoscaling(BaseModel):
+    """Ray Serve ``autoscaling_config`` for one model deployment (the fields used here).
+
+    A ``deployments:`` entry in serve_config.yaml overrides this, as Serve config does.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    initial_replicas: int | None = Field(None, ge=0)
+    target_ongoing_requests: float = Field(1.0, gt=0)
+    """Requests running or queued per replica that Serve steers toward."""
+    upscale_delay_s: float = Field(30.0, ge=0)
+    downscale_delay_s: float = Field(600.0, ge=0)
+    look_back_period_s: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError("autoscaling.max_replicas must be >= min_replicas")
+        return self
+
+
 class _ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     device: Device = "cpu"
     resources: Resources = Resources()
+    autoscaling: Autoscaling | None = None
+    """Replica autoscaling for this deployment; ``None`` keeps one replica (or the config's)."""
 
     @model_validator(mode="after")
     def _device_matches_resources(self) -> _ModelConfig:
@@ -39,7 +65,11 @@ class _ModelConfig(BaseModel):
 
 class AsrConfig(_ModelConfig):
     model: str = "large-v3"
-    """Hub name (``large-v3``) or a local CTranslate2 model folder."""
+    """Hub name (``large-v3``) or a local CTranslate2 model folder; the default model."""
+    models: dict[str, str] = {}
+    """More models a request may pick by name (``model=``): name → hub name or folder."""
+    max_loaded_models: int = Field(2, ge=1)
+    """(model, compute type) pairs kept loaded per replica; least recently used unload."""
     compute_type: str = "default"
     """``float16`` on GPU, ``int8``/``float32`` on CPU; ``default`` picks by device."""
     batch_size: int = Field(8, ge=1, le=128)
@@ -103,6 +133,15 @@ class RunnerConfig(BaseModel):
     """Runs of one task before an interrupted task is failed instead of retried."""
     db_mirror_interval_seconds: float = Field(1.0, ge=0)
     """Least time between two database writes of in-stage progress for one task."""
+    callback_max_attempts: int = Field(5, ge=1, le=20)
+    """POSTs of a task's final state to its ``callback_url`` before giving up."""
+    callback_backoff_seconds: float = Field(1.0, gt=0)
+    """Wait before the second callback attempt; doubles per retry, plus up to 50% jitter."""
+    callback_backoff_max_seconds: float = Field(30.0, gt=0)
+    callback_attempt_timeout_seconds: float = Field(10.0, gt=0)
+    """Connect, send and answer time of one callback attempt."""
+    callback_total_seconds: float = Field(120.0, gt=0)
+    """No callback attempt starts or runs past this long after the first."""
 
 
 class IngressConfig(BaseModel):
@@ -110,6 +149,16 @@ class IngressConfig(BaseModel):
 
     max_upload_bytes: int = Field(1024**3, ge=1)
     ready_timeout_seconds: float = Field(3.0, gt=0)
+    sync_timeout_seconds: float = Field(600.0, gt=0)
+    """How long a synchronous request (the OpenAI-compatible routes) waits for its task."""
+    max_download_bytes: int | None = Field(None, ge=1)
+    """Largest file ``POST /speech-to-text-url`` downloads; unset = ``max_upload_bytes``."""
+    download_connect_timeout_seconds: float = Field(10.0, gt=0)
+    download_read_timeout_seconds: float = Field(30.0, gt=0)
+    """Longest wait for the next bytes of a download."""
+    download_timeout_seconds: float = Field(600.0, gt=0)
+    """Deadline for a whole download, redirects included."""
+    download_max_redirects: int = Field(5, ge=0, le=20)
 
 
 class AppArgs(BaseModel):

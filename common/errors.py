@@ -65,8 +65,24 @@ class UploadTooLargeError(ServiceError):
     status_code, code = 413, "upload_too_large"
 
 
+class UrlNotAllowedError(ServiceError):
+    """A URL this service will not contact: scheme, credentials, or a non-public address."""
+
+    status_code, code = 422, "url_not_allowed"
+
+
+class DownloadFailedError(ServiceError):
+    """A permitted URL that could not be fetched: network, HTTP status, redirects, time."""
+
+    status_code, code = 422, "download_failed"
+
+
 class TaskNotFoundError(ServiceError):
     status_code, code = 404, "task_not_found"
+
+
+class TaskNotFinishedError(ServiceError):
+    status_code, code = 409, "task_not_finished"
 
 
 class ModelUnavailableError(ServiceError):

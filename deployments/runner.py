@@ -228,3 +228,26 @@ class TaskRunner:
             self._inflight.pop(task_id, None)
             self._stopping.discard(task_id)
             self._wake.set()
+            await self._send_callback(task_id)  # after freeing the slot; never raises
+
+    async def _send_callback(self, task_id: str) -> None:
+        """POST the final task to its ``callback_url``, if it ended and has one.
+
+        Runs after every run of a task; a task that did not reach a final state here (lease
+        lost, shutdown) is skipped. A failed delivery is logged and never touches the task.
+        """
+        from deployments.callbacks import CallbackPolicy, deliver_callback
+
+        try:
+            row = await asyncio.to_thread(repository.get_task, self._db, task_id=task_id)
+            task = row.to_public() if row is not None else None
+            if task is None or not task.status.terminal or not task.params.callback_url:
+                return
+            await deliver_callback(
+                task.params.callback_url,
+                task,
+                policy=CallbackPolicy.from_config(self._config),
+                allow_networks=Settings().url_fetch_allow_networks,
+            )
+        except Exception:
+            logger.exception("callback of task %s failed", task_id, extra={"task_id": task_id})

@@ -12,9 +12,11 @@ from ray import serve
 from common.config import IngressConfig
 from common.settings import Settings
 from deployments.clients import ProgressClient, RunnerClient
+from deployments.events_bus import EventsBusConfig, RedisEventReader
 from deployments.progress import get_or_create_tracker
-from ingress.errors import install_error_handlers
-from ingress.routes import health, tasks
+from ingress.errors import document_error_shape, install_error_handlers
+from ingress.routes import health, openai_compat, results, stages, tasks
+from ingress.routes.url import router as url_router
 from ingress.services import IngressServices
 from ingress.ws import router as ws_router
 from storage.db import Database, migrate
@@ -35,7 +37,12 @@ def create_app(services: IngressServices) -> FastAPI:
     app = FastAPI(title="whisperx-serve", version="0.1.0", description=DESCRIPTION)
     app.state.services = services
     install_error_handlers(app)
+    document_error_shape(app)
     app.include_router(tasks.router)
+    app.include_router(url_router)
+    app.include_router(results.router)
+    app.include_router(openai_compat.router)
+    app.include_router(stages.router)
     app.include_router(health.router)
     app.include_router(ws_router)
     return app
@@ -71,15 +78,22 @@ class Ingress:
         async def deployments_ready() -> dict[str, str]:
             return await serve_deployment_statuses(serve_app_name)
 
+        tracker = get_or_create_tracker(
+            app_name, url, mirror_interval_s=mirror_interval_s, settings=settings
+        )
+
+        async def publisher_state() -> str:
+            return str(await tracker.redis_state.remote())
+
+        bus = EventsBusConfig.from_settings(settings, app_name)
         self._services = IngressServices(
             settings=settings,
             config=config,
             db=Database(url),
-            progress=ProgressClient(
-                get_or_create_tracker(app_name, url, mirror_interval_s=mirror_interval_s)
-            ),
+            progress=ProgressClient(tracker),
             runner=RunnerClient(runner),
             deployments_ready=deployments_ready,
+            events=RedisEventReader(bus, publisher_state=publisher_state) if bus else None,
         )
 
     def __serve_build_asgi_app__(self) -> FastAPI:

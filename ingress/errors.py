@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -50,3 +51,39 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, on_service_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(Exception, on_service_error)
+
+
+def document_error_shape(app: FastAPI) -> None:
+    """Make the OpenAPI document say what the handlers above actually send.
+
+    FastAPI documents request-validation failures as its own ``HTTPValidationError``; here
+    they are answered with ``ErrorResponse`` like every other error, so the document
+    points every 422 at that model. Every operation also documents the 500 an unexpected
+    failure gets.
+    """
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        spec = build()
+        ref = {"$ref": "#/components/schemas/ErrorResponse"}
+        body = {"application/json": {"schema": ref}}
+        schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+        schemas.setdefault("ErrorResponse", ErrorResponse.model_json_schema())
+        for operations in spec.get("paths", {}).values():
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                invalid = responses.get("422")
+                if invalid is not None and "HTTPValidationError" in str(invalid):
+                    responses["422"] = {"description": "Invalid request", "content": body}
+                responses.setdefault(
+                    "500", {"description": "Unexpected server error", "content": body}
+                )
+        for name in ("HTTPValidationError", "ValidationError"):
+            if name not in str(spec.get("paths")):
+                schemas.pop(name, None)
+        app.openapi_schema = spec
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -12,6 +12,7 @@ from fastapi import Depends, Query
 from pydantic import ValidationError
 
 from common.errors import validation_error_from
+from common.netguard import check_url
 from common.schemas import AlignOptions, AsrOptions, ComputeType, InterpolateMethod, TaskParams
 
 
@@ -149,6 +150,8 @@ CallbackUrl = Annotated[
 
 def build_params(**fields: object) -> TaskParams:
     """``TaskParams`` or a 422 ``invalid_request`` naming what is wrong."""
+    if isinstance(callback_url := fields.get("callback_url"), str):
+        check_url(callback_url)  # bad scheme, credentials, metadata host: 422 now, not later
     try:
         return TaskParams.model_validate(fields)
     except ValidationError as exc:

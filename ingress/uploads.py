@@ -56,9 +56,17 @@ def copy_limited(src: BinaryIO, dest: Path, max_bytes: int) -> int:
 async def save_upload(src: BinaryIO, dest: Path, max_bytes: int) -> float | None:
     """Store and probe an upload; returns its duration in seconds when the container says."""
     size = await asyncio.to_thread(copy_limited, src, dest, max_bytes)
+    return await probe_stored(dest, size)
+
+
+async def probe_stored(dest: Path, size: int, *, source: str = "uploaded") -> float | None:
+    """Probe audio already stored at ``dest`` (``size`` bytes); delete it unless it is audio.
+
+    Returns its duration in seconds when the container says.
+    """
     if size == 0:
         dest.unlink(missing_ok=True)
-        raise EmptyUploadError("The uploaded file is empty.", "upload has 0 bytes")
+        raise EmptyUploadError(f"The {source} file is empty.", f"{source} file has 0 bytes")
     try:
         duration = await asyncio.to_thread(probe_audio, dest)
     except InvalidAudioError:

@@ -138,7 +138,9 @@ def list_tasks(
     where = filters.where()
     with db.session() as session:
         total = session.scalar(select(func.count()).select_from(TaskRow).where(*where)) or 0
-        rows = session.scalars(select(TaskRow).where(*where).order_by(*order).limit(limit).offset(offset))
+        rows = session.scalars(
+            select(TaskRow).where(*where).order_by(*order).limit(limit).offset(offset)
+        )
         return list(rows), total
 
 
@@ -194,7 +196,9 @@ def cancel_requested(db: Database, *, task_ids: Sequence[str]) -> set[str]:
         )
 
 
-def cancel_task(db: Database, *, task_id: str, timings: Timings | None = None, seq: int | None = None) -> bool:
+def cancel_task(
+    db: Database, *, task_id: str, timings: Timings | None = None, seq: int | None = None
+) -> bool:
     """Mark a task cancelled, unless it is already terminal (its runner stopped it)."""
     now = utcnow()
     values: dict[str, Any] = {
