@@ -139,3 +139,7 @@ class RunnerClient:
     def notify(self) -> None:
         """Wake the runner to claim new work now (fire and forget)."""
         self._handle.notify.remote()
+
+    def task_ended(self, task_id: str) -> None:
+        """Tell the runner a task ended without it (fire and forget): it sends the callback."""
+        self._handle.task_ended.remote(task_id)

@@ -74,6 +74,7 @@ class TaskRunner:
         )
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._stopping: set[str] = set()  # cancelled on request; the pipeline records it
+        self._callbacks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._claim_loop = asyncio.create_task(self._claim_forever())
         self._lease_loop = asyncio.create_task(self._renew_forever())
@@ -89,6 +90,12 @@ class TaskRunner:
         return task_id in await asyncio.to_thread(
             repository.cancel_requested, self._db, task_ids=[task_id]
         )
+
+    async def task_ended(self, task_id: str) -> None:
+        """A task ended outside any runner (cancelled while queued): send its callback."""
+        ended = asyncio.create_task(self._send_callback(task_id))
+        self._callbacks.add(ended)
+        ended.add_done_callback(self._callbacks.discard)
 
     async def notify(self) -> None:
         self._wake.set()

@@ -36,6 +36,7 @@ class EventStreamReader(Protocol):
 
 class Notifier(Protocol):
     def notify(self) -> None: ...
+    def task_ended(self, task_id: str) -> None: ...
 
 
 ReadinessCheck = Callable[[], Awaitable[dict[str, str]]]

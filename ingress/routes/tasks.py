@@ -144,9 +144,12 @@ async def get_task(identifier: str, services: ServicesDep) -> TaskPublic:
     responses=error_responses(404, 503),
 )
 async def cancel_task(identifier: str, services: ServicesDep) -> TaskProgress:
+    before = await asyncio.to_thread(repository.get_task, services.db, task_id=identifier)
     status = await services.progress.cancel(identifier)
-    if status is None:
+    if status is None or before is None:
         raise _not_found(identifier)
+    if before.status == TaskStatus.queued.value and status is TaskStatus.cancelled:
+        services.runner.task_ended(identifier)  # no runner had it: the runner sends the callback
     return await get_task_progress(identifier, services)
 
 

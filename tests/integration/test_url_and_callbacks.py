@@ -132,3 +132,20 @@ def test_unreachable_callback_leaves_the_task_completed(service: Service, jfk_pa
         assert task["status"] == "completed" and task["error"] is None
         assert PHRASE in normalise(" ".join(s["text"] for s in task["result"]["segments"]))
     assert httpx.get(f"{service.base_url}/health/ready", timeout=10).status_code == 200
+
+
+def test_cancelled_tasks_call_back_too(
+    service: Service, jfk_path: Path, local: LocalHTTPServer
+) -> None:
+    """A task cancelled while queued never reaches a runner; its callback still comes."""
+    busy = [submit(service.base_url, jfk_path) for _ in range(2)]  # both runner slots
+    hook = _hook(local, "/cancelled")
+    queued = submit(service.base_url, jfk_path, callback_url=hook, **FAST)
+    r = httpx.post(f"{service.base_url}/task/{queued}/cancel", timeout=10)
+    assert r.status_code == 200, r.text
+    (post,) = _posts(local, "/cancelled")
+    body = json.loads(post.body)
+    assert body["identifier"] == queued and body["status"] == "cancelled"
+    assert post.headers.get("X-WhisperX-Task-Status") == "cancelled"
+    for task_id in busy:
+        _final(service, task_id)

@@ -75,9 +75,13 @@ class FakeTracker:
 class Notifier:
     def __init__(self) -> None:
         self.count = 0
+        self.ended: list[str] = []
 
     def notify(self) -> None:
         self.count += 1
+
+    def task_ended(self, task_id: str) -> None:
+        self.ended.append(task_id)
 
 
 @pytest.fixture

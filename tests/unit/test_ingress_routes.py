@@ -132,6 +132,7 @@ async def test_queue_position_then_cancel(
     assert (await client.get(f"/task/{ids[0]}")).json()["status"] == "cancelled"
     assert (await client.post(f"/task/{ids[0]}/cancel")).json()["status"] == "cancelled"
     assert (await client.post("/task/nope/cancel")).status_code == 404
+    assert services.runner.ended == [ids[0]]  # type: ignore[attr-defined]  # callback sent
 
 
 async def test_cancel_running_task_is_requested(
