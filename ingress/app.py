@@ -10,6 +10,8 @@ from fastapi import FastAPI
 from ray import serve
 
 from common.config import IngressConfig
+from common.errors import UploadTooLargeError
+from common.schemas import TaskAccepted, TaskParams, TaskPublic, TaskSnapshot, TaskType
 from common.settings import Settings
 from deployments.clients import ProgressClient, RunnerClient
 from deployments.events_bus import EventsBusConfig, RedisEventReader
@@ -18,6 +20,9 @@ from ingress.errors import document_error_shape, install_error_handlers
 from ingress.routes import health, openai_compat, results, stages, tasks
 from ingress.routes.url import router as url_router
 from ingress.services import IngressServices
+from ingress.submit import accept_task, new_task_id
+from ingress.sync import wait_for_task
+from ingress.uploads import display_name, probe_stored, storage_path
 from ingress.ws import router as ws_router
 from storage.db import Database, migrate
 
@@ -98,3 +103,42 @@ class Ingress:
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_app(self._services)
+
+    # ---------------------------------------------------------------- DeploymentHandle API
+    # For code already on the cluster (see ingress/batch.py): the same task records, queue
+    # and progress as the HTTP routes, without going through HTTP.
+
+    async def submit(
+        self,
+        audio: bytes,
+        file_name: str | None = None,
+        params: TaskParams | None = None,
+    ) -> TaskAccepted:
+        """Queue a speech-to-text task for ``audio`` (the file's bytes, any format)."""
+        services = self._services
+        if len(audio) > services.config.max_upload_bytes:
+            raise UploadTooLargeError(
+                f"The file is larger than the {services.config.max_upload_bytes} bytes this "
+                "service accepts.",
+                f"{len(audio)} bytes > max_upload_bytes",
+            )
+        task_id = new_task_id()
+        path = storage_path(services.settings.upload_dir(), task_id, file_name)
+        await asyncio.to_thread(path.write_bytes, audio)
+        duration = await probe_stored(path, len(audio))
+        return await accept_task(
+            services,
+            task_id=task_id,
+            task_type=TaskType.speech_to_text,
+            params=params or TaskParams(),
+            file_name=display_name(file_name),
+            audio_path=path,
+            audio_duration=duration,
+        )
+
+    async def wait(self, task_id: str, timeout_s: float = 3600.0) -> TaskPublic | None:
+        """The task once it has ended, or ``None`` if it still runs after ``timeout_s``."""
+        return await wait_for_task(self._services, task_id, timeout_s)
+
+    async def progress(self, task_id: str) -> TaskSnapshot | None:
+        return await self._services.progress.snapshot(task_id)
