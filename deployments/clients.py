@@ -131,6 +131,9 @@ class ProgressClient:
         status: TaskStatus | None = await self._actor.cancel.remote(task_id)
         return status
 
+    async def forget(self, task_id: str) -> None:
+        await self._actor.forget.remote(task_id)
+
 
 class RunnerClient:
     def __init__(self, handle: Any) -> None:

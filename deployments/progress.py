@@ -234,6 +234,19 @@ class ProgressTracker:
         except Exception:
             logger.exception("progress mirror write failed", extra={"task_id": state.task_id})
 
+    async def forget(self, task_id: str) -> None:
+        """Drop a deleted task's live state; waiters wake and find it gone."""
+        self._drop(task_id)
+        cond = self._changed.get(task_id)
+        if cond is not None:
+            async with cond:
+                cond.notify_all()
+
+    def _drop(self, task_id: str) -> None:
+        self._states.pop(task_id, None)
+        self._changed.pop(task_id, None)
+        self._mirrored.pop(task_id, None)
+
     def _evict_finished(self) -> None:
         horizon = time.monotonic() - self._retain
         for task_id in [
@@ -241,9 +254,7 @@ class ProgressTracker:
             for t, s in self._states.items()
             if s.finished_at is not None and s.finished_at < horizon
         ]:
-            self._states.pop(task_id, None)
-            self._changed.pop(task_id, None)
-            self._mirrored.pop(task_id, None)
+            self._drop(task_id)
 
 
 def get_or_create_tracker(

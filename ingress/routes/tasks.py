@@ -175,6 +175,10 @@ async def delete_task(identifier: str, services: ServicesDep) -> TaskDeleted:
         raise _not_found(identifier)
     if deleted.audio_path:
         await asyncio.to_thread(_remove_upload, services, Path(deleted.audio_path))
+    try:
+        await services.progress.forget(identifier)
+    except Exception:  # its live state is evicted later anyway
+        logger.warning("tracker could not drop deleted task %s", identifier)
     logger.info("task %s deleted", identifier, extra={"task_id": identifier})
     return TaskDeleted(identifier=identifier, message="Task deleted")
 

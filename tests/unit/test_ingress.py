@@ -63,6 +63,9 @@ class FakeTracker:
     async def ping(self) -> bool:
         return True
 
+    async def forget(self, task_id: str) -> None:
+        self.states.pop(task_id, None)
+
     async def cancel(self, task_id: str) -> TaskStatus | None:
         status = repository.request_cancel(self.db, task_id=task_id)
         state = self.state(task_id)

@@ -152,6 +152,7 @@ async def test_delete_removes_row_and_audio(
     r = await client.delete(f"/task/{gone}/delete")
     assert r.status_code == 200 and r.json()["identifier"] == gone
     assert (await client.get(f"/task/{gone}")).status_code == 404
+    assert (await client.get(f"/tasks/{gone}/progress")).status_code == 404
     stored = [p.name for p in services.settings.upload_dir().iterdir()]
     assert stored == [f"{keep}.flac"]
     assert (await client.delete(f"/task/{gone}/delete")).status_code == 404
