@@ -119,11 +119,40 @@ def validation_error_from(exc: Exception) -> InvalidRequestError:
     return InvalidRequestError(f"Invalid request: {detail}", detail)
 
 
+class MalformedRequestError(ServiceError):
+    """The HTTP request itself is broken (e.g. a multipart body without its boundary)."""
+
+    status_code, code = 400, "malformed_request"
+
+
+class RouteNotFoundError(ServiceError):
+    status_code, code = 404, "not_found"
+
+
+class MethodNotAllowedError(ServiceError):
+    status_code, code = 405, "method_not_allowed"
+
+
+_HTTP_ERRORS: dict[int, type[ServiceError]] = {
+    404: RouteNotFoundError,
+    405: MethodNotAllowedError,
+    413: UploadTooLargeError,
+}
+
+
 def as_service_error(exc: BaseException) -> ServiceError:
-    """Any exception as a ServiceError: known ones unchanged, the rest as a generic 500."""
+    """Any exception as a ServiceError: known ones unchanged, the rest as a generic 500.
+
+    HTTP-level rejections raised by the web framework (Starlette's ``HTTPException``: an
+    unknown route, a malformed multipart body) keep their 4xx status.
+    """
     if isinstance(exc, ServiceError):
         return exc
     cause = getattr(exc, "cause", None)  # ray.exceptions.RayTaskError wraps the original
     if isinstance(cause, ServiceError):
         return cause
+    status, detail = getattr(exc, "status_code", None), getattr(exc, "detail", None)
+    if isinstance(status, int) and 400 <= status < 500 and detail is not None:
+        kind = _HTTP_ERRORS.get(status, MalformedRequestError)
+        return kind(f"The request was rejected: {detail}.", f"HTTP {status}: {detail}")
     return ProcessingError.from_exception(exc, "Processing failed because of an internal error.")

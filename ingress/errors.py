@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.errors import ServiceError, as_service_error, validation_error_from
 
@@ -49,6 +50,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return response_for(validation_error_from(exc))
 
     app.add_exception_handler(ServiceError, on_service_error)
+    app.add_exception_handler(StarletteHTTPException, on_service_error)  # 404, 405, bad multipart
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(Exception, on_service_error)
 
@@ -58,8 +60,8 @@ def document_error_shape(app: FastAPI) -> None:
 
     FastAPI documents request-validation failures as its own ``HTTPValidationError``; here
     they are answered with ``ErrorResponse`` like every other error, so the document
-    points every 422 at that model. Every operation also documents the 500 an unexpected
-    failure gets.
+    points every 422 at that model. Operations with a body document the 400 a malformed
+    body gets, and every operation the 500 an unexpected failure gets.
     """
     build = app.openapi
 
@@ -77,6 +79,10 @@ def document_error_shape(app: FastAPI) -> None:
                 invalid = responses.get("422")
                 if invalid is not None and "HTTPValidationError" in str(invalid):
                     responses["422"] = {"description": "Invalid request", "content": body}
+                if "requestBody" in operation:
+                    responses.setdefault(
+                        "400", {"description": "Malformed request body", "content": body}
+                    )
                 responses.setdefault(
                     "500", {"description": "Unexpected server error", "content": body}
                 )

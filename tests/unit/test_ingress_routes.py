@@ -227,3 +227,17 @@ async def test_malformed_json_inputs_are_422(
     assert r.status_code == 422, r.text
     assert r.json()["error_code"] == "invalid_request" and fragment in r.json()["user_message"]
     assert repository.list_tasks(services.db)[1] == 0
+
+
+async def test_framework_rejections_use_the_error_shape(client: httpx.AsyncClient) -> None:
+    headers = {"content-type": "multipart/form-data"}  # no boundary
+    for route in ("/speech-to-text", "/v1/audio/transcriptions"):
+        r = await client.post(route, headers=headers, content=b"x")
+        assert r.status_code == 400, (route, r.text)
+    assert (await client.post("/speech-to-text", headers=headers)).json()["error_code"] == (
+        "malformed_request"
+    )
+    r = await client.get("/no/such/route")
+    assert r.status_code == 404 and r.json()["error_code"] == "not_found"
+    r = await client.put("/task/all")
+    assert r.status_code == 405 and r.json()["error_code"] == "method_not_allowed"
