@@ -13,7 +13,7 @@ from typing import Any
 
 from ray.serve import Application
 
-from common.config import AppArgs, AsrConfig, Resources
+from common.config import AppArgs, AsrConfig, Resources, _ModelConfig
 from common.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
@@ -21,6 +21,14 @@ logger = logging.getLogger(__name__)
 
 def _actor_options(resources: Resources) -> dict[str, Any]:
     return {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus}
+
+
+def _model_options(cfg: _ModelConfig) -> dict[str, Any]:
+    """``.options(...)`` of a model deployment: its resources, and autoscaling if set."""
+    options: dict[str, Any] = {"ray_actor_options": _actor_options(cfg.resources)}
+    if cfg.autoscaling is not None:
+        options["autoscaling_config"] = cfg.autoscaling.model_dump(exclude_none=True)
+    return options
 
 
 def _check_gpus(args: AppArgs) -> None:
@@ -74,15 +82,15 @@ def build_app(raw_args: dict[str, Any]) -> Application:
     _check_gpus(args)
 
     name = args.name
-    asr = AsrDeployment.options(ray_actor_options=_actor_options(args.asr.resources)).bind(
+    asr = AsrDeployment.options(**_model_options(args.asr)).bind(
         args.asr, app_name=name, models_dir=models_path
     )
-    alignment = AlignmentDeployment.options(
-        ray_actor_options=_actor_options(args.alignment.resources)
-    ).bind(args.alignment, app_name=name, models_dir=models_path)
-    diarization = DiarizationDeployment.options(
-        ray_actor_options=_actor_options(args.diarization.resources)
-    ).bind(args.diarization, app_name=name, models_dir=models_path)
+    alignment = AlignmentDeployment.options(**_model_options(args.alignment)).bind(
+        args.alignment, app_name=name, models_dir=models_path
+    )
+    diarization = DiarizationDeployment.options(**_model_options(args.diarization)).bind(
+        args.diarization, app_name=name, models_dir=models_path
+    )
     task_runner = TaskRunner.options(ray_actor_options={"num_cpus": 0.1}).bind(
         asr,
         alignment,

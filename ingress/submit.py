@@ -12,9 +12,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from fastapi import Request, UploadFile
+
 from common.errors import UploadTooLargeError
 from common.schemas import TaskAccepted, TaskParams, TaskStatus, TaskType
 from ingress.services import IngressServices
+from ingress.uploads import display_name, save_upload, storage_path
 from storage import repository
 
 logger = logging.getLogger(__name__)
@@ -65,4 +68,31 @@ async def accept_task(
         message="Task queued",
         progress_url=f"/tasks/{task_id}/progress",
         websocket_url=f"/ws/tasks/{task_id}",
+    )
+
+
+async def accept_upload(
+    request: Request,
+    services: IngressServices,
+    file: UploadFile,
+    *,
+    task_type: TaskType,
+    params: TaskParams,
+    inputs: dict[str, Any] | None = None,
+) -> TaskAccepted:
+    """Store an uploaded file under the upload directory, probe it, and queue its task."""
+    limit = services.config.max_upload_bytes
+    check_declared_size(request.headers, limit)
+    task_id = new_task_id()
+    path = storage_path(services.settings.upload_dir(), task_id, file.filename)
+    duration = await save_upload(file.file, path, limit)
+    return await accept_task(
+        services,
+        task_id=task_id,
+        task_type=task_type,
+        params=params,
+        file_name=display_name(file.filename),
+        audio_path=path,
+        audio_duration=duration,
+        inputs=inputs,
     )

@@ -200,14 +200,26 @@ def cancel_task(
     db: Database, *, task_id: str, timings: Timings | None = None, seq: int | None = None
 ) -> bool:
     """Mark a task cancelled, unless it is already terminal (its runner stopped it)."""
+    return _finish(db, task_id, TaskStatus.cancelled, timings, seq)
+
+
+def _finish(
+    db: Database,
+    task_id: str,
+    status: TaskStatus,
+    timings: Timings | None,
+    seq: int | None,
+    **values: Any,
+) -> bool:
+    """End a task in ``status`` with ``values``, unless it is already terminal."""
     now = utcnow()
-    values: dict[str, Any] = {
-        "status": TaskStatus.cancelled.value,
-        "claimed_by": None,
-        "lease_expires_at": None,
-        "completed_at": now,
-        "updated_at": now,
-    }
+    values.update(
+        status=status.value,
+        claimed_by=None,
+        lease_expires_at=None,
+        completed_at=now,
+        updated_at=now,
+    )
     if timings is not None:
         values["timings"] = timings.model_dump(mode="json")
     if seq is not None:
@@ -398,22 +410,16 @@ def fail_task(
 
     Progress stage and percentage stay where they were, to show how far it got.
     """
-    now = utcnow()
-    values: dict[str, Any] = {
-        "status": TaskStatus.failed.value,
-        "error_code": error.code,
-        "error_message": error.user_message,
-        "error_detail": error.technical_detail,
-        "claimed_by": None,
-        "lease_expires_at": None,
-        "completed_at": now,
-        "updated_at": now,
-    }
-    if timings is not None:
-        values["timings"] = timings.model_dump(mode="json")
-    if seq is not None:
-        values["progress_seq"] = _at_least_seq(db, seq)
-    return _update(db, task_id, TaskRow.status.not_in(_TERMINAL), **values)
+    return _finish(
+        db,
+        task_id,
+        TaskStatus.failed,
+        timings,
+        seq,
+        error_code=error.code,
+        error_message=error.user_message,
+        error_detail=error.technical_detail,
+    )
 
 
 def count_by_status(db: Database) -> dict[TaskStatus, int]:

@@ -40,9 +40,8 @@ from ingress.openai_models import (
 )
 from ingress.params import build_params
 from ingress.services import ServicesDep
-from ingress.submit import accept_task, check_declared_size, new_task_id
+from ingress.submit import accept_upload
 from ingress.sync import wait_for_task
-from ingress.uploads import display_name, save_upload, storage_path
 
 logger = logging.getLogger(__name__)
 
@@ -127,20 +126,10 @@ async def _run(
             words="word" in granularities,
         )
     )
-    limit = services.config.max_upload_bytes
-    check_declared_size(request.headers, limit)
-    task_id = new_task_id()
-    path = storage_path(services.settings.upload_dir(), task_id, file.filename)
-    duration = await save_upload(file.file, path, limit)
-    await accept_task(
-        services,
-        task_id=task_id,
-        task_type=TaskType.speech_to_text,
-        params=params,
-        file_name=display_name(file.filename),
-        audio_path=path,
-        audio_duration=duration,
+    accepted = await accept_upload(
+        request, services, file, task_type=TaskType.speech_to_text, params=params
     )
+    task_id = accepted.identifier
     timeout = services.config.sync_timeout_seconds
     done = await wait_for_task(services, task_id, timeout)
     if done is None:

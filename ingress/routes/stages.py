@@ -31,9 +31,9 @@ from ingress.params import (
     asr_options,
     build_params,
 )
-from ingress.services import IngressServices, ServicesDep
-from ingress.submit import accept_task, check_declared_size, new_task_id
-from ingress.uploads import display_name, save_upload, storage_path
+from ingress.services import ServicesDep
+from ingress.submit import accept_task, accept_upload, new_task_id
+from ingress.uploads import display_name
 
 router = APIRouter(prefix="/service", tags=["Services"])
 
@@ -45,15 +45,6 @@ SpeakersDep = Annotated[SpeakerOptions, Depends()]
 AudioFile = Annotated[
     UploadFile, File(description="Audio or video file (any format PyAV decodes).")
 ]
-
-
-async def _store_audio(
-    request: Request, services: IngressServices, task_id: str, file: UploadFile
-) -> tuple[Any, float | None]:
-    limit = services.config.max_upload_bytes
-    check_declared_size(request.headers, limit)
-    path = storage_path(services.settings.upload_dir(), task_id, file.filename)
-    return path, await save_upload(file.file, path, limit)
 
 
 async def _read_json(upload: UploadFile, what: str) -> Any:
@@ -132,16 +123,8 @@ async def transcribe(
     callback_url: CallbackUrl = None,
 ) -> TaskAccepted:
     params = build_params(asr=asr, align=False, diarize=False, callback_url=callback_url)
-    task_id = new_task_id()
-    path, duration = await _store_audio(request, services, task_id, file)
-    return await accept_task(
-        services,
-        task_id=task_id,
-        task_type=TaskType.transcribe,
-        params=params,
-        file_name=display_name(file.filename),
-        audio_path=path,
-        audio_duration=duration,
+    return await accept_upload(
+        request, services, file, task_type=TaskType.transcribe, params=params
     )
 
 
@@ -167,17 +150,9 @@ async def align(
 ) -> TaskAccepted:
     given = _transcript(await _read_json(transcript, "transcript"), "transcript")
     params = build_params(alignment=alignment, diarize=False, callback_url=callback_url)
-    task_id = new_task_id()
-    path, duration = await _store_audio(request, services, task_id, file)
-    return await accept_task(
-        services,
-        task_id=task_id,
-        task_type=TaskType.align,
-        params=params,
-        file_name=display_name(file.filename),
-        audio_path=path,
-        audio_duration=duration,
-        inputs={"transcript": given.model_dump(mode="json")},
+    inputs = {"transcript": given.model_dump(mode="json")}
+    return await accept_upload(
+        request, services, file, task_type=TaskType.align, params=params, inputs=inputs
     )
 
 
@@ -202,17 +177,7 @@ async def diarize(
         max_speakers=speakers.max_speakers,
         callback_url=callback_url,
     )
-    task_id = new_task_id()
-    path, duration = await _store_audio(request, services, task_id, file)
-    return await accept_task(
-        services,
-        task_id=task_id,
-        task_type=TaskType.diarize,
-        params=params,
-        file_name=display_name(file.filename),
-        audio_path=path,
-        audio_duration=duration,
-    )
+    return await accept_upload(request, services, file, task_type=TaskType.diarize, params=params)
 
 
 @router.post(

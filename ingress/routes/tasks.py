@@ -24,8 +24,7 @@ from deployments.progress_state import state_from_row
 from ingress.errors import error_responses
 from ingress.params import SpeechParams
 from ingress.services import IngressServices, ServicesDep
-from ingress.submit import accept_task, check_declared_size, new_task_id
-from ingress.uploads import display_name, save_upload, storage_path
+from ingress.submit import accept_upload
 from storage import repository
 
 logger = logging.getLogger(__name__)
@@ -54,19 +53,8 @@ async def speech_to_text(
     params: SpeechParams,
     file: Annotated[UploadFile, File(description="Audio or video file (any format PyAV decodes).")],
 ) -> TaskAccepted:
-    limit = services.config.max_upload_bytes
-    check_declared_size(request.headers, limit)
-    task_id = new_task_id()
-    path = storage_path(services.settings.upload_dir(), task_id, file.filename)
-    duration = await save_upload(file.file, path, limit)
-    return await accept_task(
-        services,
-        task_id=task_id,
-        task_type=TaskType.speech_to_text,
-        params=params,
-        file_name=display_name(file.filename),
-        audio_path=path,
-        audio_duration=duration,
+    return await accept_upload(
+        request, services, file, task_type=TaskType.speech_to_text, params=params
     )
 
 
