@@ -157,6 +157,19 @@ class EventPublisher:
             self._kick.set()
         return "ok" if self._outage is None else f"unavailable: {self._outage}"
 
+    async def last_seq(self, task_id: str) -> int:
+        """The highest seq in the task's stream; 0 when it has none or Redis is down."""
+        try:
+            top = await asyncio.wait_for(
+                self._redis.xrevrange(self._config.stream_key(task_id), count=1), 2.0
+            )
+        except ResponseError:  # not a stream: nothing to continue from
+            return 0
+        except _Outage as exc:
+            self._mark_down(exc)
+            return 0
+        return entry_seq(top[0][0]) if top else 0
+
     async def aclose(self) -> None:
         if self._worker is not None:
             self._worker.cancel()

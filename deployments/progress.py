@@ -192,7 +192,13 @@ class ProgressTracker:
         row = await asyncio.to_thread(repository.get_task, self._db, task_id=task_id)
         if row is None:
             return None
-        return self._states.setdefault(task_id, state_from_row(row))
+        state = state_from_row(row)
+        if self._bus is not None and not state.status.terminal:
+            # The database mirror of seq lags (≤1 write/s inside a stage); Redis holds every
+            # event a previous incarnation published. Continue after those, so clients that
+            # saw them never get a reused seq.
+            state.seq = max(state.seq, await self._bus.last_seq(task_id))
+        return self._states.setdefault(task_id, state)
 
     def _condition(self, task_id: str) -> asyncio.Condition:
         return self._changed.setdefault(task_id, asyncio.Condition())

@@ -425,3 +425,50 @@ def _event(seq: int, message: str) -> ProgressEvent:
         percentage=float(seq),
         message=message,
     )
+
+
+async def test_restarted_tracker_continues_seq_after_the_stream(
+    own_redis: RedisServer, tmp_path: Path
+) -> None:
+    """The database mirror of seq lags inside a stage; a new tracker incarnation numbers its
+    next event after the last one in Redis, so no client ever sees a seq reused."""
+    url = f"sqlite:///{tmp_path / 'restart.db'}"
+    migrate(url)
+    db = Database(url)
+    repository.create_task(
+        db,
+        task_id="t",
+        task_type=TaskType.speech_to_text,
+        params=TaskParams(),
+        file_name=None,
+        audio_path=None,
+    )
+    repository.claim_tasks(db, worker_id="w", limit=1, lease_seconds=60)
+    stage = TaskProgressStage.transcribing
+    repository.update_progress(db, task_id="t", stage=stage, percentage=2.0, seq=2)
+    bus = EventsBusConfig(url=own_redis.url, app_name="restart", prefix="t")
+    direct = redis.Redis.from_url(own_redis.url, decode_responses=True)
+    for seq in range(1, 6):  # what the crashed incarnation had published
+        direct.xadd(
+            bus.stream_key("t"), {"event": _event(seq, "old").model_dump_json()}, id=f"{seq}-0"
+        )
+
+    tracker = ProgressTracker(url, events_bus=bus)
+    try:
+        snap = await tracker.snapshot("t")
+        assert snap is not None and snap.seq == 5
+        await tracker.start("t", [stage.value], 2)  # the re-run after its runner died
+        events = await tracker.events_after("t", 5, 1.0)
+        assert events and events[0].seq == 6
+
+        def stream_seqs() -> list[int] | None:
+            ids = [int(i.split("-")[0]) for i, _ in direct.xrange(bus.stream_key("t"))]
+            return ids if ids and ids[-1] >= 6 else None
+
+        assert wait_until(stream_seqs, timeout=10, what="new event in Redis")[:6] == list(
+            range(1, 7)
+        )
+    finally:
+        await tracker.close()
+        direct.close()
+        db.dispose()
