@@ -35,6 +35,9 @@ from storage.db import Database, migrate
 
 logger = logging.getLogger(__name__)
 
+CANCEL_GRACE_POLLS = 5
+"""Polls a cancelled run gets to stop by itself before the runner records it cancelled."""
+
 
 @serve.deployment(name="TaskRunner", max_ongoing_requests=1000)
 class TaskRunner:
@@ -73,7 +76,7 @@ class TaskRunner:
             cancel_requested=self._cancel_requested,
         )
         self._inflight: dict[str, asyncio.Task[None]] = {}
-        self._stopping: set[str] = set()  # cancelled on request; the pipeline records it
+        self._stopping: dict[str, float] = {}  # cancelled on request: since when (loop time)
         self._callbacks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._claim_loop = asyncio.create_task(self._claim_forever())
@@ -175,8 +178,12 @@ class TaskRunner:
 
         Cancelling the pipeline's coroutine cancels the deployment call it awaits; Serve
         passes that on to the replica, whose model stops at its next progress callback.
-        The pipeline then records the task as cancelled.
+        The pipeline then records the task as cancelled. A run that has not stopped
+        ``CANCEL_GRACE_POLLS`` polls later is finished as cancelled here and abandoned, so a
+        cancellation always ends the task and frees its slot.
         """
+        loop = asyncio.get_running_loop()
+        grace = CANCEL_GRACE_POLLS * self._config.poll_interval_seconds
         while True:
             await asyncio.sleep(self._config.poll_interval_seconds)
             running = [t for t, task in self._inflight.items() if not task.done()]
@@ -189,10 +196,30 @@ class TaskRunner:
             except Exception:
                 logger.exception("checking cancellations failed")
                 continue
-            for task_id in wanted - self._stopping:
-                logger.info("cancelling task %s", task_id, extra={"task_id": task_id})
-                self._stopping.add(task_id)
-                self._inflight[task_id].cancel()
+            now = loop.time()
+            for task_id in wanted:
+                first = self._stopping.setdefault(task_id, now)
+                if first == now:
+                    logger.info("cancelling task %s", task_id, extra={"task_id": task_id})
+                    self._inflight[task_id].cancel()
+                elif now - first > grace:
+                    await self._abandon(task_id)
+
+    async def _abandon(self, task_id: str) -> None:
+        logger.warning(
+            "task %s did not stop after its cancellation; recording it cancelled",
+            task_id,
+            extra={"task_id": task_id},
+        )
+        running = self._inflight.pop(task_id, None)
+        self._stopping.pop(task_id, None)
+        if running is not None:
+            running.cancel()
+        try:
+            await self._progress.finish(task_id, TaskStatus.cancelled)
+        except Exception:
+            logger.exception("recording cancellation of %s failed", task_id)
+        self._wake.set()
 
     # ------------------------------------------------------------------ one task
 
@@ -233,7 +260,7 @@ class TaskRunner:
             logger.exception("task %s could not be finished", task_id, extra={"task_id": task_id})
         finally:
             self._inflight.pop(task_id, None)
-            self._stopping.discard(task_id)
+            self._stopping.pop(task_id, None)
             self._wake.set()
             await self._send_callback(task_id)  # after freeing the slot; never raises
 

@@ -137,4 +137,4 @@ def test_cache_is_bounded(engine: AlignmentEngine, jfk: np.ndarray) -> None:
         jfk, AlignRequest(transcript=_transcript("ko"))
     )  # punkt falls back to English
     assert result.word_timestamps == "wav2vec2"
-    assert list(engine._models) == ["ko"]
+    assert list(engine._models) == ["ko|"]  # keyed by language and requested model

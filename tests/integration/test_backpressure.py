@@ -214,7 +214,18 @@ async def test_burst_of_1000_is_queued_bounded_and_reported(
             ]
         return counts == [0, 0]
 
-    await asyncio.to_thread(wait_until, drained, timeout=120, interval=0.5, what="queue drained")
+    try:
+        await asyncio.to_thread(
+            wait_until, drained, timeout=120, interval=0.5, what="queue drained"
+        )
+    except TimeoutError as exc:
+        left = await asyncio.to_thread(_processing_rows, service.database_url)
+        with httpx.Client() as c:
+            queued = c.get(f"{base}/task/all", params={"status": "queued"}, timeout=30).json()
+        raise AssertionError(
+            f"not drained: processing {left[:5]}; queued {queued['total']}: "
+            f"{[(t['identifier'][:8], t['created_at']) for t in queued['tasks'][:5]]}"
+        ) from exc
 
     assert not watch.errors, watch.errors[:3]
     assert len(watch.ready_codes) >= 5, "the sampler barely ran"

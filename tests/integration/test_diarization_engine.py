@@ -115,7 +115,7 @@ def test_sample_has_two_speakers_matching_reference(
     result = engine.diarize(sample, DiarizeRequest())
 
     assert result.speakers == ["SPEAKER_00", "SPEAKER_01"]
-    assert result.segments == [] and result.language == ""
+    assert result.segments == [] and result.language is None
     turns = result.speaker_turns or []
     assert turns == sorted(turns, key=lambda t: t.start)
     hypothesis = Annotation(uri="sample")
