@@ -156,18 +156,21 @@ class TaskRunner:
             await asyncio.sleep(self._config.lease_seconds / 3)
             if not self._inflight:
                 continue
+            sent = list(self._inflight)
             try:
                 held = await asyncio.to_thread(
                     repository.renew_leases,
                     self._db,
                     worker_id=self._worker_id,
-                    task_ids=list(self._inflight),
+                    task_ids=sent,
                     lease_seconds=self._config.lease_seconds,
                 )
             except Exception:
                 logger.exception("renewing leases failed")
                 continue
-            for task_id in set(self._inflight) - held:
+            # Only tasks asked about and still running: one claimed during the renewal was
+            # not in the request, and one that ended meanwhile is no longer held by design.
+            for task_id in (set(sent) - held) & set(self._inflight):
                 logger.warning(
                     "lost the lease on task %s; stopping it", task_id, extra={"task_id": task_id}
                 )
