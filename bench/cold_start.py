@@ -37,6 +37,7 @@ def one_run(work: Path) -> tuple[float, float, float]:
         "WHISPERX_SERVE_DATA_DIR": str(work / "data"),
         "WHISPERX_SERVE_MODELS_DIR": str(c.MODELS),
         "RAY_ADDRESS": "local",
+        "PYTHONUNBUFFERED": "1",  # its shutdown log survives a SIGKILL
     }
     env.pop("WHISPERX_SERVE_DATABASE_URL", None)
     base = f"http://127.0.0.1:{port}"

@@ -53,6 +53,9 @@ def create_app(services: IngressServices) -> FastAPI:
     return app
 
 
+_SERVING = {"HEALTHY", "UPSCALING", "DOWNSCALING"}
+
+
 async def serve_deployment_statuses(app_name: str) -> dict[str, str]:
     """Each deployment of this app: "ok" when HEALTHY, else its status and message."""
     status = await asyncio.to_thread(serve.status)
@@ -61,7 +64,7 @@ async def serve_deployment_statuses(app_name: str) -> dict[str, str]:
         return {"application": f"application {app_name!r} not found"}
     result: dict[str, str] = {}
     for name, dep in app_status.deployments.items():
-        healthy = dep.status.value == "HEALTHY"
+        healthy = dep.status.value in _SERVING  # autoscaling still serves
         result[f"deployment:{name}"] = (
             "ok" if healthy else f"{dep.status.value}: {dep.message}"[:200]
         )

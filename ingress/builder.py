@@ -13,7 +13,7 @@ from typing import Any
 
 from ray.serve import Application
 
-from common.config import AppArgs, AsrConfig, Resources, _ModelConfig
+from common.config import AlignConfig, AppArgs, AsrConfig, DiarizationConfig, Resources
 from common.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ def _actor_options(resources: Resources) -> dict[str, Any]:
     return {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus}
 
 
-def _model_options(cfg: _ModelConfig) -> dict[str, Any]:
+def _model_options(cfg: AsrConfig | AlignConfig | DiarizationConfig) -> dict[str, Any]:
     """``.options(...)`` of a model deployment: its resources, and autoscaling if set."""
     options: dict[str, Any] = {"ray_actor_options": _actor_options(cfg.resources)}
     if cfg.autoscaling is not None:
