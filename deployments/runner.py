@@ -149,6 +149,8 @@ class TaskRunner:
             lease_seconds=self._config.lease_seconds,
         )
         for row in rows:
+            if row.id in self._inflight:  # our own run whose lease expired: it still runs
+                continue
             self._inflight[row.id] = asyncio.create_task(self._run(row))
 
     async def _renew_forever(self) -> None:
