@@ -56,6 +56,7 @@ class TaskRunner:
         await asyncio.to_thread(migrate, url)
         self._db = Database(url)
         self._config = config
+        self._allow_networks = settings.url_fetch_allow_networks
         self._worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._progress = ProgressClient(
             get_or_create_tracker(
@@ -286,7 +287,7 @@ class TaskRunner:
                 task.params.callback_url,
                 task,
                 policy=CallbackPolicy.from_config(self._config),
-                allow_networks=Settings().url_fetch_allow_networks,
+                allow_networks=self._allow_networks,
             )
         except Exception:
             logger.exception("callback of task %s failed", task_id, extra={"task_id": task_id})

@@ -58,7 +58,7 @@ _SERVING = {"HEALTHY", "UPSCALING", "DOWNSCALING"}
 
 async def serve_deployment_statuses(app_name: str) -> dict[str, str]:
     """Each deployment of this app: "ok" when HEALTHY, else its status and message."""
-    status = await asyncio.to_thread(serve.status)
+    status = await health.run_probe(serve.status)
     app_status = status.applications.get(app_name)
     if app_status is None:
         return {"application": f"application {app_name!r} not found"}

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.errors import as_service_error
 from common.schemas import TaskError, TaskParams, TaskPublic
 
 logger = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ async def transcribe_files_async(
                 elif task.error is not None:
                     result.error = task.error
             except Exception as exc:  # one bad file never sinks the batch
-                result.error = _as_task_error(exc)
+                result.error = TaskError.from_exception(as_service_error(exc))
             if on_done is not None:
                 on_done(result)
             return result
@@ -95,12 +96,3 @@ def transcribe_files(paths: Sequence[str | Path], **kwargs: Any) -> list[FileRes
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, transcribe_files_async(paths, **kwargs)).result()
 
-
-def _as_task_error(exc: BaseException) -> TaskError:
-    from common.errors import as_service_error
-
-    cause = getattr(exc, "cause", None) or exc  # Ray wraps replica exceptions
-    if isinstance(cause, BaseException):
-        exc = cause
-    err = as_service_error(exc)
-    return TaskError.from_exception(err)

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
@@ -18,6 +21,7 @@ from ingress.services import IngressServices, ServicesDep
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["Health"])
+T = TypeVar("T")
 
 
 class HealthStatus(BaseModel):
@@ -46,27 +50,52 @@ async def live() -> HealthStatus:
 )
 async def ready(services: ServicesDep) -> JSONResponse:
     timeout = services.config.ready_timeout_seconds
-    checks: dict[str, str] = {}
 
-    async def check(name: str, probe: asyncio.Future[object] | asyncio.Task[object]) -> None:
+    async def check(probe: Awaitable[object]) -> str:
         try:
             await asyncio.wait_for(probe, timeout)
-            checks[name] = "ok"
+            return "ok"
+        except TimeoutError:
+            return f"no answer within {timeout:g} s"
         except Exception as exc:
-            checks[name] = f"{type(exc).__name__}: {exc}"[:200] or type(exc).__name__
+            return f"{type(exc).__name__}: {exc}"[:200]
 
-    await check("database", asyncio.ensure_future(asyncio.to_thread(services.db.ping)))
-    await check("progress_tracker", asyncio.ensure_future(services.progress.ping()))
-    try:
-        checks.update(await asyncio.wait_for(services.deployments_ready(), timeout))
-    except Exception as exc:
-        checks["deployments"] = f"{type(exc).__name__}: {exc}"[:200]
+    async def deployments() -> dict[str, str]:
+        try:
+            return await asyncio.wait_for(services.deployments_ready(), timeout)
+        except TimeoutError:
+            return {"deployments": f"no answer within {timeout:g} s"}
+        except Exception as exc:
+            return {"deployments": f"{type(exc).__name__}: {exc}"[:200]}
+
+    database, tracker, deployment_checks, redis = await asyncio.gather(
+        check(run_probe(services.db.ping)),
+        check(services.progress.ping()),
+        deployments(),
+        _redis_check(services, timeout),
+    )
+    checks = {"database": database, "progress_tracker": tracker, **deployment_checks}
     ok = all(v == "ok" for v in checks.values())
-    checks["redis"] = await _redis_check(services, timeout)
-    degraded = checks["redis"] not in ("ok", "not configured")
+    checks["redis"] = redis
+    degraded = redis not in ("ok", "not configured")
     state = "unavailable" if not ok else "degraded" if degraded else "ok"
+    if not ok:
+        logger.warning("not ready: %s", {k: v for k, v in checks.items() if v != "ok"})
     body = HealthStatus(status=state, checks=checks)
     return JSONResponse(status_code=200 if ok else 503, content=body.model_dump())
+
+
+def run_probe(probe: Callable[[], T]) -> Awaitable[T]:
+    """Run a blocking probe on the readiness threads.
+
+    Not on the default executor: under a burst of uploads that one queues request work (a
+    SQLite write waits for the write lock for seconds), and a probe waiting behind it would
+    report a busy replica as a broken one.
+    """
+    return asyncio.get_running_loop().run_in_executor(_PROBE_THREADS, probe)
+
+
+_PROBE_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="readiness")
 
 
 async def _redis_check(services: IngressServices, timeout: float) -> str:

@@ -37,12 +37,12 @@ from common.schemas import (
     Transcript,
     Word,
 )
-from common.settings import Settings
 from deployments.progress_state import Event, TaskProgressState, state_from_row
 from ingress.app import create_app
 from ingress.services import IngressServices
 from storage import repository
-from storage.db import Database, migrate
+from storage.db import Database
+from tests.fakes import FakeTracker, make_ingress_services
 from tests.waiting import wait_until
 
 Scope = dict[str, Any]
@@ -89,12 +89,12 @@ CANNED_WORDS = sum(len(s.words) for s in CANNED.segments)
 # ---------------------------------------------------------------- tracker and runner
 
 
-class Tracker:
-    """In-process stand-in for the ProgressTracker actor (same state class, same rules)."""
+class Tracker(FakeTracker):
+    """The unit tests' tracker for a server on its own thread: database calls leave the
+    event loop, waiters sleep on a condition, and states are rebuilt from their rows."""
 
     def __init__(self, db: Database) -> None:
-        self.db = db
-        self.states: dict[str, TaskProgressState] = {}
+        super().__init__(db)
         self._changed: asyncio.Condition | None = None
         self.down = False
         """When set, snapshots fail as an unreachable actor's would."""
@@ -140,12 +140,6 @@ class Tracker:
                     timeout_s,
                 )
         return state.events_after(after_seq)
-
-    async def ping(self) -> bool:
-        return True
-
-    async def forget(self, task_id: str) -> None:
-        self.states.pop(task_id, None)
 
     async def cancel(self, task_id: str) -> TaskStatus | None:
         status = await asyncio.to_thread(repository.request_cancel, self.db, task_id=task_id)
@@ -447,25 +441,16 @@ class Live:
 
 @contextlib.contextmanager
 def live_server(tmp_path: Path, *, max_upload_bytes: int = 8 * 1024 * 1024) -> Iterator[Live]:
-    settings = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'client.db'}")
-    url = settings.resolved_database_url()
-    migrate(url)
-    db = Database(url)
-    tracker = Tracker(db)
-    runner = FakeRunner(db, tracker)
-
-    async def ready() -> dict[str, str]:
-        return {}
-
-    services = IngressServices(
-        settings=settings,
+    services = make_ingress_services(
+        tmp_path,
+        db_name="client.db",
         config=IngressConfig(max_upload_bytes=max_upload_bytes),
-        db=db,
-        progress=tracker,
-        runner=runner,
-        deployments_ready=ready,
+        tracker=Tracker,
+        runner=FakeRunner,
         ws_wait_seconds=0.5,
     )
+    tracker, runner = services.progress, services.runner
+    assert isinstance(tracker, Tracker) and isinstance(runner, FakeRunner)
     app = create_app(services)
     faults = Faults()
     with ServerThread(FaultInjector(app, faults)) as server:

@@ -49,6 +49,8 @@ class Watch:
     """What the sampler saw while the burst was running."""
 
     ready_codes: list[int] = field(default_factory=list)
+    not_ready: list[str] = field(default_factory=list)
+    """The body of every readiness answer that was not 200."""
     processing: list[int] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     over_bound: list[list[str]] = field(default_factory=list)
@@ -88,6 +90,8 @@ async def _sample(service: Service, bound: int, watch: Watch, stop: asyncio.Even
             try:
                 r = await client.get(f"{base}/health/ready", timeout=15)
                 watch.ready_codes.append(r.status_code)
+                if r.status_code != 200:
+                    watch.not_ready.append(r.text)
                 watch.processing.append(await _total(client, base, "processing"))
                 if watch.processing[-1] > bound:
                     rows = await asyncio.to_thread(_processing_rows, service.database_url)
@@ -230,7 +234,7 @@ async def test_burst_of_1000_is_queued_bounded_and_reported(
     assert not watch.errors, watch.errors[:3]
     assert len(watch.ready_codes) >= 5, "the sampler barely ran"
     assert set(watch.ready_codes) == {200}, (
-        f"/health/ready not 200 during the burst: {watch.ready_codes}"
+        f"/health/ready not 200 during the burst: {watch.ready_codes} {watch.not_ready}"
     )
     assert max(watch.processing) <= bound, (
         f"{max(watch.processing)} tasks processing at once; the runner bound is {bound}; "

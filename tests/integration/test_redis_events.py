@@ -48,6 +48,7 @@ from ingress.services import IngressServices
 from storage import repository
 from storage.db import Database, migrate
 from tests.conftest import REPO
+from tests.fakes import Notifier
 from tests.integration.conftest import APP, Service
 from tests.streams import Stream, assert_well_ordered, collect, submit
 from tests.waiting import wait_until
@@ -287,16 +288,12 @@ async def outage_app(tmp_path: Path, own_redis: RedisServer) -> AsyncIterator[Ou
     async def deployments_ready() -> dict[str, str]:
         return {"deployment:TaskRunner": "ok"}
 
-    class NoRunner:
-        def notify(self) -> None:
-            pass
-
     services = IngressServices(
         settings=Settings(data_dir=tmp_path, database_url=db_url),
         config=IngressConfig(),
         db=Database(db_url),
         progress=tracker,
-        runner=NoRunner(),
+        runner=Notifier(),
         deployments_ready=deployments_ready,
         ws_wait_seconds=1.0,
         events=reader,

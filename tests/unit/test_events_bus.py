@@ -7,14 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from common.config import IngressConfig
 from common.schemas import ProgressEvent, TaskProgressStage, TaskSnapshot, TaskStatus
 from common.settings import Settings
 from deployments.events_bus import EventsBusConfig, describe, entry_seq
 from deployments.progress_state import Event
-from ingress.services import IngressServices
 from ingress.ws import EventFeed
-from storage.db import Database
+from tests.fakes import make_ingress_services
 
 
 def event(seq: int, status: TaskStatus = TaskStatus.processing) -> ProgressEvent:
@@ -88,22 +86,8 @@ class FakeActor:
 
 
 def feed(tmp_path: Path, reader: FakeReader | None, actor: FakeActor, known: int) -> EventFeed:
-    async def ready() -> dict[str, str]:
-        return {}
-
-    class NoRunner:
-        def notify(self) -> None:
-            pass
-
-    services = IngressServices(
-        settings=Settings(data_dir=tmp_path),
-        config=IngressConfig(),
-        db=Database(f"sqlite:///{tmp_path / 'x.db'}"),
-        progress=actor,
-        runner=NoRunner(),
-        deployments_ready=ready,
-        ws_wait_seconds=3.0,
-        events=reader,
+    services = make_ingress_services(
+        tmp_path, db_name="x.db", tracker=lambda db: actor, ws_wait_seconds=3.0, events=reader
     )
     return EventFeed(services, "t", known_seq=known)
 

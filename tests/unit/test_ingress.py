@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,93 +17,23 @@ from common.schemas import (
     TaskError,
     TaskParams,
     TaskProgressStage,
-    TaskSnapshot,
     TaskStatus,
     TaskType,
 )
-from common.settings import Settings
-from deployments.progress_state import Event, TaskProgressState
 from ingress.app import create_app
 from ingress.services import IngressServices
 from storage import repository
-from storage.db import Database, migrate
+from tests.fakes import FakeTracker, make_ingress_services
 
 T = TaskProgressStage.transcribing
 
 
-class FakeTracker:
-    """In-memory stand-in for the ProgressTracker actor, backed by the same state class."""
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
-        self.states: dict[str, TaskProgressState] = {}
-        self.changed = asyncio.Event()
-
-    def state(self, task_id: str) -> TaskProgressState | None:
-        if task_id not in self.states and repository.get_task(self.db, task_id=task_id) is not None:
-            self.states[task_id] = TaskProgressState(task_id=task_id)
-        return self.states.get(task_id)
-
-    async def snapshot(self, task_id: str) -> TaskSnapshot | None:
-        state = self.state(task_id)
-        return state.snapshot() if state else None
-
-    async def events_after(
-        self, task_id: str, after_seq: int, timeout_s: float
-    ) -> list[Event] | None:
-        state = self.state(task_id)
-        if state is None:
-            return None
-        if state.seq <= after_seq and not state.status.terminal:
-            self.changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.changed.wait(), timeout_s)
-        return state.events_after(after_seq)
-
-    async def ping(self) -> bool:
-        return True
-
-    async def forget(self, task_id: str) -> None:
-        self.states.pop(task_id, None)
-
-    async def cancel(self, task_id: str) -> TaskStatus | None:
-        status = repository.request_cancel(self.db, task_id=task_id)
-        state = self.state(task_id)
-        if status is TaskStatus.cancelled and state is not None:
-            state.finish(TaskStatus.cancelled)
-            self.changed.set()
-        return status
-
-
-class Notifier:
-    def __init__(self) -> None:
-        self.count = 0
-        self.ended: list[str] = []
-
-    def notify(self) -> None:
-        self.count += 1
-
-    def task_ended(self, task_id: str) -> None:
-        self.ended.append(task_id)
-
-
 @pytest.fixture
 def services(tmp_path: Path) -> IngressServices:
-    settings = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'ingress.db'}")
-    url = settings.resolved_database_url()
-    migrate(url)
-    db = Database(url)
-
-    async def ready() -> dict[str, str]:
-        return {"deployment:AsrDeployment": "ok"}
-
-    return IngressServices(
-        settings=settings,
+    return make_ingress_services(
+        tmp_path,
         config=IngressConfig(max_upload_bytes=4 * 1024 * 1024),
-        db=db,
-        progress=FakeTracker(db),
-        runner=Notifier(),
-        deployments_ready=ready,
+        ready={"deployment:AsrDeployment": "ok"},
         ws_wait_seconds=0.5,
     )
 
@@ -209,6 +139,41 @@ async def test_ready_reports_components(client: httpx.AsyncClient) -> None:
     assert set(checks) == {"database", "progress_tracker", "deployment:AsrDeployment", "redis"}
     assert checks["redis"] == "not configured"
     assert (await client.get("/health/live")).status_code == 200
+
+
+async def test_ready_does_not_wait_behind_busy_request_threads(tmp_path: Path) -> None:
+    """Every default-executor thread blocked (uploads waiting on a SQLite write lock, say)
+    must not read as a broken replica: the probes have threads of their own."""
+    services = make_ingress_services(tmp_path, config=IngressConfig(ready_timeout_seconds=1))
+    release = threading.Event()
+    busy = [asyncio.ensure_future(asyncio.to_thread(release.wait, 30)) for _ in range(40)]
+    try:
+        transport = httpx.ASGITransport(app=create_app(services))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            r = await c.get("/health/ready")
+        assert r.status_code == 200, r.text
+    finally:
+        release.set()
+        await asyncio.gather(*busy)
+
+
+async def test_ready_names_the_component_that_does_not_answer(tmp_path: Path) -> None:
+    class StuckTracker(FakeTracker):
+        async def ping(self) -> bool:
+            await asyncio.sleep(30)
+            return True
+
+    services = make_ingress_services(
+        tmp_path, config=IngressConfig(ready_timeout_seconds=0.2), tracker=StuckTracker
+    )
+    transport = httpx.ASGITransport(app=create_app(services))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        r = await c.get("/health/ready")
+    assert r.status_code == 503
+    body = r.json()
+    assert body["status"] == "unavailable"
+    assert body["checks"]["progress_tracker"] == "no answer within 0.2 s"
+    assert body["checks"]["database"] == "ok"
 
 
 def test_websocket_snapshot_events_then_close(services: IngressServices) -> None:

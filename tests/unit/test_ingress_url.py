@@ -16,42 +16,25 @@ import pytest
 
 from common.config import IngressConfig
 from common.netguard import parse_networks
-from common.settings import Settings
 from ingress.app import create_app
 from ingress.services import IngressServices
-from storage.db import Database, migrate
+from tests.fakes import make_ingress_services
 from tests.local_http import LocalHTTPServer, Route, reply
-from tests.unit.test_ingress import FakeTracker, Notifier
 
 MAX_DOWNLOAD = 2 * 1024 * 1024
 
 
 @pytest.fixture
 def services(tmp_path: Path) -> IngressServices:
-    settings = Settings(
-        data_dir=tmp_path,
-        database_url=f"sqlite:///{tmp_path / 'ingress.db'}",
-        url_fetch_allow_networks=list(parse_networks(["127.0.0.2/32"])),
-    )
-    url = settings.resolved_database_url()
-    migrate(url)
-    db = Database(url)
-
-    async def ready() -> dict[str, str]:
-        return {}
-
-    return IngressServices(
-        settings=settings,
+    return make_ingress_services(
+        tmp_path,
         config=IngressConfig(
             max_upload_bytes=4 * 1024 * 1024,
             max_download_bytes=MAX_DOWNLOAD,
             download_read_timeout_seconds=2,
             download_timeout_seconds=10,
         ),
-        db=db,
-        progress=FakeTracker(db),
-        runner=Notifier(),
-        deployments_ready=ready,
+        url_fetch_allow_networks=list(parse_networks(["127.0.0.2/32"])),
     )
 
 

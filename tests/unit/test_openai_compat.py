@@ -27,13 +27,12 @@ from common.schemas import (
     Transcript,
     Word,
 )
-from common.settings import Settings
 from deployments.progress_state import Event
 from ingress.app import create_app
 from ingress.services import IngressServices
 from storage import repository
-from storage.db import Database, migrate
-from tests.unit.test_ingress import FakeTracker
+from storage.db import Database
+from tests.fakes import FakeTracker, make_ingress_services
 
 TRANSCRIPT = Transcript(
     language="en",
@@ -60,8 +59,8 @@ TRANSCRIPT = Transcript(
 class FakeRunner:
     """Claims every queued task when notified and completes (or fails) it."""
 
-    def __init__(self) -> None:
-        self.services: IngressServices | None = None
+    def __init__(self, db: Database, tracker: FakeTracker) -> None:
+        self.db, self.tracker = db, tracker
         self.outcome: Transcript | TaskError | None = TRANSCRIPT
         self.params: list[TaskParams] = []
 
@@ -71,9 +70,7 @@ class FakeRunner:
 
     async def _finish_all(self) -> None:
         await asyncio.sleep(0.05)  # the route is waiting by now (either order works)
-        assert self.services is not None
-        db, tracker = self.services.db, self.services.progress
-        assert isinstance(tracker, FakeTracker)
+        db, tracker = self.db, self.tracker
         outcome = self.outcome
         assert outcome is not None
         for row in repository.claim_tasks(db, worker_id="fake", limit=10, lease_seconds=60):
@@ -99,25 +96,13 @@ class BrokenTracker(FakeTracker):
 
 
 def make_services(tmp_path: Path, tracker_cls: type[FakeTracker] = FakeTracker) -> IngressServices:
-    settings = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'oa.db'}")
-    url = settings.resolved_database_url()
-    migrate(url)
-    db = Database(url)
-
-    async def ready() -> dict[str, str]:
-        return {}
-
-    runner = FakeRunner()
-    services = IngressServices(
-        settings=settings,
+    return make_ingress_services(
+        tmp_path,
+        db_name="oa.db",
         config=IngressConfig(max_upload_bytes=4 * 1024 * 1024, sync_timeout_seconds=10),
-        db=db,
-        progress=tracker_cls(db),
-        runner=runner,
-        deployments_ready=ready,
+        tracker=tracker_cls,
+        runner=FakeRunner,
     )
-    runner.services = services
-    return services
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Schema-driven fuzzing of every HTTP route: no input the OpenAPI document allows (or
 almost allows) may produce a 5xx, and every answer must be one the document declares.
 
-Runs through ASGI against real SQLite storage and the in-memory tracker of test_ingress,
+Runs through ASGI against real SQLite storage and the in-memory tracker of tests/fakes.py,
 so it needs no Ray. The same run against a live service is documented in the README
 (`schemathesis run http://127.0.0.1:8000/openapi.json`).
 """
@@ -23,11 +23,8 @@ from schemathesis.checks import (
 )
 
 from common.config import IngressConfig
-from common.settings import Settings
 from ingress.app import create_app
-from ingress.services import IngressServices
-from storage.db import Database, migrate
-from tests.unit.test_ingress import FakeTracker, Notifier
+from tests.fakes import make_ingress_services
 
 CHECKS = [
     not_a_server_error,
@@ -40,21 +37,11 @@ CHECKS = [
 def _schema() -> Any:
     """The app on a throwaway SQLite database; built at collection to list the operations."""
     data_dir = Path(tempfile.mkdtemp(prefix="whisperx-fuzz-"))
-    settings_ = Settings(data_dir=data_dir, database_url=f"sqlite:///{data_dir / 'fuzz.db'}")
-    url = settings_.resolved_database_url()
-    migrate(url)
-    db = Database(url)
-
-    async def ready() -> dict[str, str]:
-        return {"deployment:AsrDeployment": "ok"}
-
-    services = IngressServices(
-        settings=settings_,
+    services = make_ingress_services(
+        data_dir,
+        db_name="fuzz.db",
         config=IngressConfig(max_upload_bytes=1024 * 1024, sync_timeout_seconds=2),
-        db=db,
-        progress=FakeTracker(db),
-        runner=Notifier(),
-        deployments_ready=ready,
+        ready={"deployment:AsrDeployment": "ok"},
         ws_wait_seconds=0.2,
     )
     return schemathesis.openapi.from_asgi("/openapi.json", create_app(services))

@@ -8,7 +8,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from common.config import IngressConfig
 from common.schemas import (
     Segment,
     TaskError,
@@ -18,13 +17,11 @@ from common.schemas import (
     Transcript,
     Word,
 )
-from common.settings import Settings
 from ingress.app import create_app
 from ingress.formats import ResultFormat
 from ingress.services import IngressServices
 from storage import repository
-from storage.db import Database, migrate
-from tests.unit.test_ingress import FakeTracker, Notifier
+from tests.fakes import make_ingress_services
 
 TRANSCRIPT = Transcript(
     language="en",
@@ -50,22 +47,7 @@ TRANSCRIPT = Transcript(
 
 @pytest.fixture
 def services(tmp_path: Path) -> IngressServices:
-    settings = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'results.db'}")
-    url = settings.resolved_database_url()
-    migrate(url)
-    db = Database(url)
-
-    async def ready() -> dict[str, str]:
-        return {}
-
-    return IngressServices(
-        settings=settings,
-        config=IngressConfig(),
-        db=db,
-        progress=FakeTracker(db),
-        runner=Notifier(),
-        deployments_ready=ready,
-    )
+    return make_ingress_services(tmp_path, db_name="results.db")
 
 
 @pytest.fixture

@@ -1,0 +1,121 @@
+"""In-process fakes for the ingress, and one builder for its services, shared by the tests.
+
+``make_ingress_services`` gives the ingress real SQLite storage under a test's directory,
+an in-memory progress tracker and a runner stand-in, so its routes run without Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from common.config import IngressConfig
+from common.schemas import TaskSnapshot, TaskStatus
+from common.settings import Settings
+from deployments.progress_state import Event, TaskProgressState
+from ingress.services import EventStreamReader, IngressServices, ProgressReader
+from ingress.services import Notifier as RunnerLink
+from storage import repository
+from storage.db import Database, migrate
+
+
+class FakeTracker:
+    """In-memory stand-in for the ProgressTracker actor, backed by the same state class."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.states: dict[str, TaskProgressState] = {}
+        self.changed = asyncio.Event()
+
+    def state(self, task_id: str) -> TaskProgressState | None:
+        if task_id not in self.states and repository.get_task(self.db, task_id=task_id) is not None:
+            self.states[task_id] = TaskProgressState(task_id=task_id)
+        return self.states.get(task_id)
+
+    async def snapshot(self, task_id: str) -> TaskSnapshot | None:
+        state = self.state(task_id)
+        return state.snapshot() if state else None
+
+    async def events_after(
+        self, task_id: str, after_seq: int, timeout_s: float
+    ) -> list[Event] | None:
+        state = self.state(task_id)
+        if state is None:
+            return None
+        if state.seq <= after_seq and not state.status.terminal:
+            self.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), timeout_s)
+        return state.events_after(after_seq)
+
+    async def ping(self) -> bool:
+        return True
+
+    async def forget(self, task_id: str) -> None:
+        self.states.pop(task_id, None)
+
+    async def cancel(self, task_id: str) -> TaskStatus | None:
+        status = repository.request_cancel(self.db, task_id=task_id)
+        state = self.state(task_id)
+        if status is TaskStatus.cancelled and state is not None:
+            state.finish(TaskStatus.cancelled)
+            self.changed.set()
+        return status
+
+
+class Notifier:
+    """Stands in for the TaskRunner handle: counts wake-ups and records ended tasks."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.ended: list[str] = []
+
+    def notify(self) -> None:
+        self.count += 1
+
+    def task_ended(self, task_id: str) -> None:
+        self.ended.append(task_id)
+
+
+def make_ingress_services(
+    data_dir: Path,
+    *,
+    db_name: str = "ingress.db",
+    config: IngressConfig | None = None,
+    tracker: Callable[[Database], ProgressReader] = FakeTracker,
+    runner: Callable[[Database, Any], RunnerLink] | None = None,
+    ready: dict[str, str] | None = None,
+    ws_wait_seconds: float = IngressServices.ws_wait_seconds,
+    events: EventStreamReader | None = None,
+    **settings: Any,
+) -> IngressServices:
+    """Services on a freshly migrated SQLite database ``data_dir / db_name``.
+
+    ``tracker`` is built from the database and ``runner`` (default: a :class:`Notifier`)
+    from the database and that tracker; ``ready`` is what the deployments' readiness
+    check answers. Further keyword arguments are :class:`Settings` fields.
+    """
+    settings_ = Settings(
+        data_dir=data_dir, database_url=f"sqlite:///{data_dir / db_name}", **settings
+    )
+    url = settings_.resolved_database_url()
+    migrate(url)
+    db = Database(url)
+    progress = tracker(db)
+
+    async def deployments_ready() -> dict[str, str]:
+        return dict(ready or {})
+
+    return IngressServices(
+        settings=settings_,
+        config=config or IngressConfig(),
+        db=db,
+        progress=progress,
+        runner=runner(db, progress) if runner else Notifier(),
+        deployments_ready=deployments_ready,
+        ws_wait_seconds=ws_wait_seconds,
+        events=events,
+    )
