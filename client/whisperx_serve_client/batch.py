@@ -202,7 +202,7 @@ class FileProgress:
                 desc=f"{self._name} [submitting]",
                 unit="%",
                 leave=False,
-                bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}",
+                bar_format="{desc}: {percentage:3.0f}%|{bar}|{postfix}",
             )
 
     def update(self, event: TaskEvent) -> None:
@@ -210,7 +210,7 @@ class FileProgress:
         if bar is None:
             return
         stage = getattr(event, "stage", None) or event.status.value
-        bar.set_description(f"{self._name} [{stage}]", refresh=False)
+        bar.set_description_str(f"{self._name} [{stage}]", refresh=False)
         eta = getattr(event, "eta_seconds", None)
         bar.set_postfix_str(f"eta {eta:.0f}s" if eta is not None else "", refresh=False)
         percentage = getattr(event, "percentage", None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -90,4 +91,4 @@ def test_progress_bars_render(
     assert len(result.succeeded) == 2
     err = capsys.readouterr().err
     assert "Transcribing" in err and "3/3" in err and "failed=1" in err
-    assert "jfk.flac [" in err  # a per-file bar, described by its stage
+    assert re.search(r"jfk\.flac \[(?!submitting)\w+\]: +\d+%", err), err  # bar per file, by stage

@@ -11,7 +11,8 @@ NOTEBOOK = Path(__file__).resolve().parents[2] / "examples" / "batch_transcripti
 def test_notebook_was_executed_with_bars_and_dataframes() -> None:
     cells = json.loads(NOTEBOOK.read_text())["cells"]
     code = [c for c in cells if c["cell_type"] == "code"]
-    assert code and all(c["execution_count"] is not None for c in code)
+    counts = [c["execution_count"] for c in code]
+    assert code and counts == list(range(1, len(code) + 1)), f"not run top to bottom: {counts}"
     assert not [o for c in code for o in c["outputs"] if o["output_type"] == "error"]
     streams = "".join(
         "".join(o.get("text", ""))
