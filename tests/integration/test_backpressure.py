@@ -207,6 +207,12 @@ async def test_burst_of_1000_is_queued_bounded_and_reported(
 
     stop.set()
     await sampler
+    print(  # the figures, with -s
+        f"\nburst of {BURST}: accepted in {accept_s:.1f} s ({BURST / accept_s:.0f}/s), "
+        f"{queued_total} still queued then; processing at most {max(watch.processing)} "
+        f"(bound {bound}); /health/ready {len(watch.ready_codes)} samples, "
+        f"codes {sorted(set(watch.ready_codes))}"
+    )
 
     def drained() -> bool:
         with httpx.Client() as c:
