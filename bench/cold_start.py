@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,6 +21,8 @@ from pathlib import Path
 import _common as c
 import httpx
 import yaml
+
+from tests.processes import interrupt_group, start_group
 
 
 def one_run(work: Path) -> tuple[float, float, float]:
@@ -43,14 +43,8 @@ def one_run(work: Path) -> tuple[float, float, float]:
     base = f"http://127.0.0.1:{port}"
     log = (work / "serve.log").open("wb")
     started = time.perf_counter()
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("serve")), "run", str(config_path)],
-        cwd=c.REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    serve_bin = Path(sys.executable).with_name("serve")
+    proc = start_group([str(serve_bin), "run", str(config_path)], cwd=c.REPO, env=env, log=log)
     first_answer: float | None = None
     try:
         while True:
@@ -69,12 +63,8 @@ def one_run(work: Path) -> tuple[float, float, float]:
             time.sleep(0.2)
     finally:
         stopping = time.perf_counter()
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        if not interrupt_group(proc, timeout=120):
+            print(f"serve run ignored SIGINT for 120 s and was killed; see {work / 'serve.log'}")
         stopped = time.perf_counter() - stopping
         log.close()
     return first_answer or ready, ready, stopped

@@ -4,9 +4,7 @@ driven over real HTTP and WebSocket: embedded defaults, SQLite, offline models."
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +14,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, normalise
+from tests.processes import interrupt_group, start_group
 from tests.streams import assert_well_ordered, collect, submit
 from tests.waiting import wait_until
 
@@ -43,14 +42,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterat
     env.pop("WHISPERX_SERVE_DATABASE_URL", None)  # embedded default: SQLite under the data dir
     serve_bin = Path(sys.executable).with_name("serve")
     log = (work / "serve.log").open("wb")
-    proc = subprocess.Popen(
-        [str(serve_bin), "run", str(config_path)],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    proc = start_group([str(serve_bin), "run", str(config_path)], cwd=REPO, env=env, log=log)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until(
@@ -67,12 +59,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterat
         )
         yield base
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        interrupt_group(proc, timeout=60)
         log.close()
     assert (work / "data" / "whisperx-serve.db").is_file()  # the embedded SQLite default was used
 
