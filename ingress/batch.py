@@ -95,4 +95,3 @@ def transcribe_files(paths: Sequence[str | Path], **kwargs: Any) -> list[FileRes
 
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, transcribe_files_async(paths, **kwargs)).result()
-

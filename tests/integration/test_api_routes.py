@@ -122,7 +122,6 @@ async def test_service_routes_chain_transcribe_align_diarize_combine(
     assert labelled == ["A", "A", "B", "B"]
 
 
-
 async def test_cancel_running_task_stops_it_and_frees_the_model(
     service: Service, jfk_path: Path, tmp_path: Path
 ) -> None:
