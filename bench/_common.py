@@ -12,7 +12,6 @@ import asyncio
 import copy
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -39,6 +38,8 @@ import numpy as np  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from tests.ports import free_port  # noqa: E402
 
 MODELS = Path(
     os.environ.get("WHISPERX_SERVE_MODELS_DIR", REPO.parent / "shared" / "models")
@@ -86,12 +87,6 @@ def temp_dir(prefix: str) -> Path:
 
 
 # ---------------------------------------------------------------------------- service
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def local_args(overrides: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import json
 import re
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from ingress.services import IngressServices
 from storage import repository
 from storage.db import Database
 from tests.fakes import FakeTracker, make_ingress_services
+from tests.ports import free_port
 from tests.waiting import wait_until
 
 Scope = dict[str, Any]
@@ -339,12 +339,6 @@ class FaultInjector:
 
 
 # ---------------------------------------------------------------- servers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ServerThread:

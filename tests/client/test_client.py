@@ -23,7 +23,8 @@ from whisperx_serve_client import (
 
 from common.schemas import TaskStatus as ServerTaskStatus
 from storage import repository
-from tests.client.harness import CANNED, DroppingProxy, Live, free_port
+from tests.client.harness import CANNED, DroppingProxy, Live
+from tests.ports import free_port
 from tests.waiting import wait_until
 
 ALL_STAGES = ["transcribing", "aligning", "diarizing", "complete"]

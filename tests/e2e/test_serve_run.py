@@ -4,7 +4,6 @@ driven over real HTTP and WebSocket: embedded defaults, SQLite, offline models."
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,22 +13,17 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, normalise
+from tests.ports import free_port
 from tests.processes import interrupt_group, start_group
 from tests.streams import assert_well_ordered, collect, submit
 from tests.waiting import wait_until
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[str]:
     work = tmp_path_factory.mktemp("e2e")
     config = yaml.safe_load((REPO / "serve_config.local.yaml").read_text())
-    port = _free_port()
+    port = free_port()
     config["http_options"]["port"] = port  # the only change: a free port instead of 8000
     config_path = work / "serve_config.yaml"
     config_path.write_text(yaml.safe_dump(config))

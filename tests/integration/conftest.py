@@ -8,7 +8,6 @@ fresh schema) and against SQLite, the embedded default.
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +18,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from tests.ports import free_port
 from tests.waiting import wait_until
 
 PG_BASE = os.environ.get(
@@ -34,12 +34,6 @@ class Service:
     database_url: str
     data_dir: Path
     app_args: dict[str, object]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
@@ -105,7 +99,7 @@ def service(
     # Workers get the settings through runtime_env; this process's environment stays
     # untouched so later tests (unit tier) never see the integration database.
     ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env})
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = {
         "name": APP,

@@ -13,7 +13,6 @@ import inspect
 import json
 import logging
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -50,6 +49,7 @@ from storage.db import Database, migrate
 from tests.conftest import REPO
 from tests.fakes import Notifier
 from tests.integration.conftest import APP, Service
+from tests.ports import free_port
 from tests.streams import Stream, assert_well_ordered, collect, submit
 from tests.waiting import wait_until
 
@@ -185,17 +185,11 @@ def test_outside_process_follows_a_task(
 # ------------------------------------------------------------------ a Redis outage
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class RedisServer:
     """A throwaway ``redis-server`` without persistence: killing it loses everything."""
 
     def __init__(self, workdir: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._workdir = workdir
         self._proc: subprocess.Popen[bytes] | None = None
@@ -298,7 +292,7 @@ async def outage_app(tmp_path: Path, own_redis: RedisServer) -> AsyncIterator[Ou
         ws_wait_seconds=1.0,
         events=reader,
     )
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(services), host="127.0.0.1", port=port, log_level="warning")
     )

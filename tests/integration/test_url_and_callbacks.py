@@ -7,7 +7,6 @@ servers this test process runs on 127.0.0.1; every other non-public address stay
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 from tests.conftest import normalise
 from tests.integration.conftest import Service
 from tests.local_http import LocalHTTPServer, Recorded, reply
+from tests.ports import free_port
 from tests.streams import submit
 from tests.waiting import wait_until
 
@@ -118,9 +118,7 @@ def test_callbacks_for_completed_and_failed_tasks(
 
 
 def test_unreachable_callback_leaves_the_task_completed(service: Service, jfk_path: Path) -> None:
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nothing listens on it
     unreachable = submit(
         service.base_url, jfk_path, callback_url=f"http://127.0.0.1:{port}/hook", **FAST
     )
