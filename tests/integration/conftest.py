@@ -96,11 +96,6 @@ def service(
         # URL downloads and callbacks may reach test servers on 127.0.0.1 (nothing else)
         "WHISPERX_SERVE_URL_FETCH_ALLOW_NETWORKS": "127.0.0.1/32",
     }
-    # Workers get the settings through runtime_env; this process's environment stays
-    # untouched so later tests (unit tier) never see the integration database.
-    ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env})
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = {
         "name": APP,
         "models_dir": str(models_dir),
@@ -125,13 +120,20 @@ def service(
         },
         "runner": {"max_concurrent_tasks": 2, "lease_seconds": 8, "poll_interval_seconds": 1},
     }
-    serve.run(build_app(args), name=APP, route_prefix="/")
-    base = f"http://127.0.0.1:{port}"
-    wait_until(
-        lambda: httpx.get(f"{base}/health/ready", timeout=5).status_code == 200,
-        timeout=300,
-        what="/health/ready",
-    )
-    yield Service(base, f"ws://127.0.0.1:{port}", database_url, data_dir, args)
-    serve.shutdown()
-    ray.shutdown()
+    # Workers get the settings through runtime_env; this process's environment stays
+    # untouched so later tests (unit tier) never see the integration database.
+    ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env})
+    try:  # a failed start must not leave a half-started Ray to the tests after it
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(args), name=APP, route_prefix="/")
+        base = f"http://127.0.0.1:{port}"
+        wait_until(
+            lambda: httpx.get(f"{base}/health/ready", timeout=5).status_code == 200,
+            timeout=300,
+            what="/health/ready",
+        )
+        yield Service(base, f"ws://127.0.0.1:{port}", database_url, data_dir, args)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
