@@ -13,7 +13,7 @@ import random
 import socket
 from pathlib import Path
 
-_FLOOR = 20_000  # above Ray's default worker ports (10002-19999)
+_FLOOR = 20_000  # clear of the 10002-19999 range Ray documents for worker ports
 
 
 def _ephemeral_low() -> int:
