@@ -16,7 +16,6 @@ import statistics
 import sys
 import tempfile
 import time
-import wave
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from tests.audio import write_wav  # noqa: E402
 from tests.ports import free_port  # noqa: E402
 
 MODELS = Path(
@@ -50,16 +50,6 @@ APP = "bench"
 
 
 # ---------------------------------------------------------------------------- audio
-
-
-def write_wav(audio: np.ndarray, path: Path) -> Path:
-    """16 kHz mono 16-bit PCM."""
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SR)
-        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
-    return path
 
 
 def speech_clip(seconds: float, path: Path) -> Path:
@@ -193,15 +183,6 @@ def wait_ready(base: str, *, timeout: float) -> float:
         if time.monotonic() - started > timeout:
             raise TimeoutError(f"{base} not ready after {timeout} s")
         time.sleep(0.25)
-
-
-def submit(base: str, path: Path, **params: Any) -> str:
-    with path.open("rb") as f:
-        r = httpx.post(
-            f"{base}/speech-to-text", params=params, files={"file": (path.name, f)}, timeout=120
-        )
-    r.raise_for_status()
-    return str(r.json()["identifier"])
 
 
 def wait_status(base: str, task_id: str, status: str, *, timeout: float) -> None:

@@ -17,6 +17,8 @@ import time
 import _common as c
 import aiohttp
 
+from tests.streams import submit
+
 
 async def client_loop(
     session: aiohttp.ClientSession, url: str, until: float, latencies: list[float]
@@ -62,7 +64,7 @@ def main() -> None:
     service = c.start_service()
     rows = []
     try:
-        task_id = c.submit(service.base, c.JFK, align="false")
+        task_id = submit(service.base, c.JFK, align="false")
         c.wait_status(service.base, task_id, "completed", timeout=600)
         url = f"{service.base}/tasks/{task_id}/progress"
         for n in (int(x) for x in args.clients.split(",")):

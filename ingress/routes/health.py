@@ -51,22 +51,23 @@ async def live() -> HealthStatus:
 async def ready(services: ServicesDep) -> JSONResponse:
     timeout = services.config.ready_timeout_seconds
 
+    def failure(exc: Exception) -> str:
+        if isinstance(exc, TimeoutError):
+            return f"no answer within {timeout:g} s"
+        return f"{type(exc).__name__}: {exc}"[:200]
+
     async def check(probe: Awaitable[object]) -> str:
         try:
             await asyncio.wait_for(probe, timeout)
             return "ok"
-        except TimeoutError:
-            return f"no answer within {timeout:g} s"
         except Exception as exc:
-            return f"{type(exc).__name__}: {exc}"[:200]
+            return failure(exc)
 
     async def deployments() -> dict[str, str]:
         try:
             return await asyncio.wait_for(services.deployments_ready(), timeout)
-        except TimeoutError:
-            return {"deployments": f"no answer within {timeout:g} s"}
         except Exception as exc:
-            return {"deployments": f"{type(exc).__name__}: {exc}"[:200]}
+            return {"deployments": failure(exc)}
 
     database, tracker, deployment_checks, redis = await asyncio.gather(
         check(run_probe(services.db.ping)),

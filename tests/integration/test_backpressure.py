@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 
+from tests.audio import write_wav
 from tests.integration.conftest import Service
 from tests.waiting import wait_until
 
@@ -30,18 +30,10 @@ SPEECH = {"align": "false", "diarize": "false"}
 
 @pytest.fixture(scope="module")
 def one_second_wav(tmp_path_factory: pytest.TempPathFactory, jfk_path: Path) -> Path:
-    import wave
-
     from deployments.audio import SAMPLE_RATE, decode_audio
 
     audio = decode_audio(jfk_path)[SAMPLE_RATE : 2 * SAMPLE_RATE]
-    path = tmp_path_factory.mktemp("burst") / "jfk-1s.wav"
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SAMPLE_RATE)
-        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
-    return path
+    return write_wav(audio, tmp_path_factory.mktemp("burst") / "jfk-1s.wav")
 
 
 @dataclass

@@ -13,6 +13,7 @@ import pytest
 from storage import repository
 from storage.db import Database
 from storage.models import TaskRow
+from tests.audio import write_wav
 from tests.conftest import normalise
 from tests.integration.conftest import APP, Service
 from tests.streams import assert_well_ordered, collect, submit
@@ -209,19 +210,11 @@ def test_polling_survives_a_tracker_restart(service: Service, jfk_path: Path) ->
 
 def _long_clip(jfk_path: Path, path: Path, repeats: int = 6) -> Path:
     """~66 s of speech, long enough that a redeploy lands mid-task."""
-    import wave
-
     import numpy as np
 
     from deployments.audio import decode_audio
 
-    audio = np.tile(decode_audio(jfk_path), repeats)
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16_000)
-        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
-    return path
+    return write_wav(np.tile(decode_audio(jfk_path), repeats), path)
 
 
 def test_redeploy_of_the_whole_app_never_strands_a_task(

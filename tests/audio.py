@@ -1,0 +1,19 @@
+"""Writing test and bench clips: float samples in [-1, 1] as 16-bit mono PCM WAV."""
+
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+
+import numpy as np
+
+from deployments.audio import SAMPLE_RATE
+
+
+def write_wav(audio: np.ndarray, path: Path, rate: int = SAMPLE_RATE) -> Path:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
