@@ -144,8 +144,37 @@ class RunnerConfig(BaseModel):
     """No callback attempt starts or runs past this long after the first."""
 
 
+class CallerLimits(BaseModel):
+    """What one API key may have in the queue; a key's own limits override these."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_active_tasks: int | None = Field(None, ge=1)
+    """Tasks of one key queued or running at once; ``None`` = no limit. Over it: 429."""
+    max_submissions_per_minute: int | None = Field(None, ge=1)
+    """Tasks one key may submit in any 60 s; ``None`` = no limit. Over it: 429."""
+    busy_retry_after_seconds: int = Field(5, ge=1, le=3600)
+    """``Retry-After`` of a 429 for ``max_active_tasks`` (when a task ends is unknown)."""
+
+
 class IngressConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    auth: Literal["required", "auto", "off"] = "auto"
+    """API keys: ``required`` always; ``auto`` as soon as one key has been created (with
+    ``whisperx-serve keys create``); ``off`` never (anyone who reaches the port can read,
+    cancel and delete every task)."""
+    public_docs: bool = False
+    """With auth on, serve ``/docs`` and ``/openapi.json`` without a key (they hold the API's
+    shape, no data). Off: only the health probes answer without a key."""
+    cors_origins: list[str] = []
+    """Browser origins allowed to call the API cross-origin (``https://app.example.org``);
+    empty = no CORS headers at all (same-origin only)."""
+    limits: CallerLimits = CallerLimits()
+    max_queued_tasks: int | None = Field(10_000, ge=1)
+    """Queued tasks beyond which new submissions get 503 (nothing accepted is dropped);
+    ``None`` = no bound."""
+    overload_retry_after_seconds: int = Field(10, ge=1, le=3600)
 
     max_upload_bytes: int = Field(1024**3, ge=1)
     ready_timeout_seconds: float = Field(3.0, gt=0)

@@ -85,6 +85,37 @@ class TaskNotFinishedError(ServiceError):
     status_code, code = 409, "task_not_finished"
 
 
+class UnauthorizedError(ServiceError):
+    """No API key, or one this service does not know (or has revoked)."""
+
+    status_code, code = 401, "unauthorized"
+
+
+class RetryLaterError(ServiceError):
+    """A refusal the caller may retry after ``retry_after_seconds`` (sent as Retry-After)."""
+
+    status_code, code = 503, "retry_later"
+
+    def __init__(
+        self, user_message: str, technical_detail: str = "", retry_after_seconds: int = 1
+    ) -> None:
+        super().__init__(user_message, technical_detail)
+        self.args = (user_message, technical_detail, retry_after_seconds)
+        self.retry_after_seconds = max(1, int(retry_after_seconds))
+
+
+class RateLimitedError(RetryLaterError):
+    """This API key has too many tasks in flight, or submitted too many in the last minute."""
+
+    status_code, code = 429, "rate_limited"
+
+
+class OverloadedError(RetryLaterError):
+    """The durable queue is over its bound: new submissions wait until it drains."""
+
+    status_code, code = 503, "overloaded"
+
+
 class ModelUnavailableError(ServiceError):
     status_code, code = 503, "model_unavailable"
 

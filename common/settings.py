@@ -36,6 +36,10 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
+    callback_signing_secret: SecretStr | None = None
+    """Signs the callbacks of tasks that no API key owns (submitted while auth was off, or
+    through a DeploymentHandle); a key's tasks are signed with that key's own secret."""
+
     url_fetch_allow_networks: Annotated[list[IPvAnyNetwork], NoDecode] = []
     """CIDRs that URL downloads and task callbacks may reach although they are not public
     (an internal media server; a test server on 127.0.0.1). A JSON list or comma-separated

@@ -5,11 +5,18 @@ DNS may have changed since submission). Connection errors, timeouts, 408, 429 an
 retried with exponential backoff and jitter within a bounded number of attempts and a
 bounded overall time; any other answer is final. Nothing here raises: a callback that
 cannot be delivered is logged and never changes the task.
+
+Signed callbacks (a task of an API key, or any task when the service has a
+``callback_signing_secret``) carry ``X-WhisperX-Timestamp: <unix seconds>`` and
+``X-WhisperX-Signature: sha256=<hex>``, the HMAC-SHA256 of ``b"<timestamp>." + body`` (the
+exact body bytes) under the secret: see :func:`verify_signature`, which receivers may copy.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import random
 import time
@@ -25,6 +32,33 @@ logger = logging.getLogger(__name__)
 
 _RETRIED_STATUSES = frozenset({408, 429})
 _MAX_REPLY_BYTES = 64 * 1024
+SIGNATURE_HEADER = "X-WhisperX-Signature"
+TIMESTAMP_HEADER = "X-WhisperX-Timestamp"
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """The ``X-WhisperX-Signature`` value of ``body`` sent at ``timestamp``."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+def verify_signature(
+    secret: str,
+    body: bytes,
+    signature: str,
+    timestamp: str,
+    *,
+    tolerance_s: float = 300.0,
+    now: float | None = None,
+) -> bool:
+    """A receiver's check: the signature matches and the timestamp is recent (no replay)."""
+    try:
+        sent = int(timestamp)
+    except ValueError:
+        return False
+    if abs((time.time() if now is None else now) - sent) > tolerance_s:
+        return False
+    return hmac.compare_digest(sign(secret, sent, body), signature)
 
 
 @dataclass(frozen=True)
@@ -76,10 +110,12 @@ async def deliver_callback(
     policy: CallbackPolicy,
     allow_networks: Sequence[IPNetwork] = (),
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    signing_secret: str | None = None,
 ) -> CallbackOutcome:
-    """POST ``task`` as JSON to ``url`` until a 2xx, a final answer or the policy's limits."""
+    """POST ``task`` as JSON to ``url`` until a 2xx, a final answer or the policy's limits;
+    signed with ``signing_secret`` when given (each attempt with its own timestamp)."""
     body = task.model_dump_json().encode()
-    headers = [
+    base_headers = [
         ("Content-Type", "application/json"),
         ("X-WhisperX-Task-Id", task.identifier),
         ("X-WhisperX-Task-Status", task.status.value),
@@ -102,6 +138,11 @@ async def deliver_callback(
             max_redirects=0,
         )
         retry = False
+        headers = list(base_headers)
+        if signing_secret:
+            stamp = int(time.time())
+            headers.append((TIMESTAMP_HEADER, str(stamp)))
+            headers.append((SIGNATURE_HEADER, sign(signing_secret, stamp, body)))
         try:
             status = await post(
                 url, body, headers=headers, limits=limits, allow_networks=allow_networks

@@ -30,7 +30,7 @@ from deployments.audio import decode_audio
 from deployments.clients import AlignClient, AsrClient, DiarizeClient, ProgressClient
 from deployments.pipeline import TaskInput, TaskPipeline
 from deployments.progress import get_or_create_tracker
-from storage import repository
+from storage import api_keys, repository
 from storage.db import Database, migrate
 
 logger = logging.getLogger(__name__)
@@ -57,6 +57,8 @@ class TaskRunner:
         self._db = Database(url)
         self._config = config
         self._allow_networks = settings.url_fetch_allow_networks
+        signing = settings.callback_signing_secret
+        self._signing_secret = signing.get_secret_value() if signing else None
         self._worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._progress = ProgressClient(
             get_or_create_tracker(
@@ -283,11 +285,17 @@ class TaskRunner:
             task = row.to_public() if row is not None else None
             if task is None or not task.status.terminal or not task.params.callback_url:
                 return
+            secret = self._signing_secret
+            if row is not None and row.owner_key_id is not None:
+                secret = await asyncio.to_thread(
+                    api_keys.callback_secret_for, self._db, key_id=row.owner_key_id
+                )
             await deliver_callback(
                 task.params.callback_url,
                 task,
                 policy=CallbackPolicy.from_config(self._config),
                 allow_networks=self._allow_networks,
+                signing_secret=secret,
             )
         except Exception:
             logger.exception("callback of task %s failed", task_id, extra={"task_id": task_id})

@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from ray import serve
 
 from common.config import IngressConfig
@@ -16,6 +17,7 @@ from common.settings import Settings
 from deployments.clients import ProgressClient, RunnerClient
 from deployments.events_bus import EventsBusConfig, RedisEventReader
 from deployments.progress import get_or_create_tracker
+from ingress.auth import install_auth, log_auth_state
 from ingress.errors import document_error_shape, install_error_handlers
 from ingress.routes import health, openai_compat, results, stages, tasks
 from ingress.routes.url import router as url_router
@@ -50,6 +52,16 @@ def create_app(services: IngressServices) -> FastAPI:
     app.include_router(stages.router)
     app.include_router(health.router)
     app.include_router(ws_router)
+    install_auth(app, services.db, services.config)
+    if services.config.cors_origins:  # outermost: preflights and 401s get CORS headers too
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=services.config.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["Retry-After", "Content-Disposition"],
+            max_age=600,
+        )
     return app
 
 
@@ -103,6 +115,7 @@ class Ingress:
             deployments_ready=deployments_ready,
             events=RedisEventReader(bus, publisher_state=publisher_state) if bus else None,
         )
+        await asyncio.to_thread(log_auth_state, self._services.db, config)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_app(self._services)
@@ -137,6 +150,7 @@ class Ingress:
             file_name=display_name(file_name),
             audio_path=path,
             audio_duration=duration,
+            caller=None,  # cluster code: no key, no limits; admin keys see these tasks
         )
 
     async def wait(self, task_id: str, timeout_s: float = 3600.0) -> TaskPublic | None:

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from common.errors import ServiceError, as_service_error, validation_error_from
+from common.errors import RetryLaterError, ServiceError, as_service_error, validation_error_from
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,16 @@ def response_for(exc: BaseException) -> JSONResponse:
     body = ErrorResponse(
         error_code=err.code, user_message=err.user_message, technical_detail=err.technical_detail
     )
-    return JSONResponse(status_code=err.status_code, content=body.model_dump())
+    return JSONResponse(
+        status_code=err.status_code, content=body.model_dump(), headers=retry_after(err)
+    )
+
+
+def retry_after(err: ServiceError) -> dict[str, str]:
+    """The ``Retry-After`` header of a refusal the caller may retry (429, 503)."""
+    if isinstance(err, RetryLaterError):
+        return {"Retry-After": str(err.retry_after_seconds)}
+    return {}
 
 
 def install_error_handlers(app: FastAPI) -> None:

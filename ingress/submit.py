@@ -16,9 +16,11 @@ from fastapi import Request, UploadFile
 
 from common.errors import UploadTooLargeError
 from common.schemas import TaskAccepted, TaskParams, TaskStatus, TaskType
+from ingress.auth import Caller, caller_of, refused
 from ingress.services import IngressServices
 from ingress.uploads import display_name, save_upload, storage_path
 from storage import repository
+from storage.quota import QuotaExceeded
 
 logger = logging.getLogger(__name__)
 
@@ -47,19 +49,32 @@ async def accept_task(
     audio_path: Path | None,
     audio_duration: float | None = None,
     inputs: dict[str, Any] | None = None,
+    caller: Caller | None,
 ) -> TaskAccepted:
-    """Insert the queued task, wake the runner, and describe where to follow it."""
-    await asyncio.to_thread(
-        repository.create_task,
-        services.db,
-        task_id=task_id,
-        task_type=task_type,
-        params=params,
-        file_name=file_name,
-        audio_path=str(audio_path) if audio_path is not None else None,
-        audio_duration=audio_duration,
-        inputs=inputs,
-    )
+    """Insert the queued task, wake the runner, and describe where to follow it.
+
+    The task belongs to ``caller``'s key and must fit its limits and the queue bound (429
+    or 503 otherwise, and the stored upload is removed). ``caller=None`` is the Ray-native
+    DeploymentHandle path: no owner, no limits.
+    """
+    try:
+        await asyncio.to_thread(
+            repository.create_task,
+            services.db,
+            task_id=task_id,
+            task_type=task_type,
+            params=params,
+            file_name=file_name,
+            audio_path=str(audio_path) if audio_path is not None else None,
+            audio_duration=audio_duration,
+            inputs=inputs,
+            owner_key_id=caller.key_id if caller else None,
+            quota=caller.quota(services.config) if caller else None,
+        )
+    except QuotaExceeded as exc:
+        if audio_path is not None:
+            await asyncio.to_thread(audio_path.unlink, missing_ok=True)
+        raise refused(exc.refusal) from None
     services.runner.notify()
     logger.info("task %s queued (%s)", task_id, task_type.value, extra={"task_id": task_id})
     return TaskAccepted(
@@ -83,6 +98,7 @@ async def accept_upload(
     """Store an uploaded file under the upload directory, probe it, and queue its task."""
     limit = services.config.max_upload_bytes
     check_declared_size(request.headers, limit)
+    caller = caller_of(request)
     task_id = new_task_id()
     path = storage_path(services.settings.upload_dir(), task_id, file.filename)
     duration = await save_upload(file.file, path, limit)
@@ -95,4 +111,5 @@ async def accept_upload(
         audio_path=path,
         audio_duration=duration,
         inputs=inputs,
+        caller=caller,
     )

@@ -16,8 +16,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect, status
 
+from common.errors import TaskNotFoundError
 from common.schemas import TaskSnapshot
 from deployments.progress_state import Event
+from ingress.auth import caller_of, visible_task, ws_subprotocol
 from ingress.services import IngressServices
 
 logger = logging.getLogger(__name__)
@@ -34,7 +36,14 @@ async def task_events(
     after_seq: Annotated[int | None, Query(ge=0, description="Resume after this seq.")] = None,
 ) -> None:
     services: IngressServices = websocket.app.state.services
-    await websocket.accept()
+    caller = caller_of(websocket)  # the middleware closed with 4401 if there was no key
+    await websocket.accept(subprotocol=ws_subprotocol(websocket.scope))
+    if caller.owner_scope is not None:  # another key's task is "not found", like an unknown one
+        try:
+            await visible_task(services.db, caller, task_id)
+        except TaskNotFoundError:
+            await websocket.close(CLOSE_TASK_NOT_FOUND, "task not found")
+            return
     try:
         snap = await services.progress.snapshot(task_id)
     except Exception:

@@ -1,11 +1,12 @@
-"""The ``tasks`` table: one row per transcription task, the durable copy of its state."""
+"""The ``tasks`` table (one row per transcription task, the durable copy of its state) and
+the ``api_keys`` table (who may call the service; tasks belong to the key that made them)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Float, Integer, String, Text
+from sqlalchemy import Boolean, Float, Index, Integer, String, Text, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from common.schemas import (
@@ -57,6 +58,14 @@ class TaskRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    owner_key_id: Mapped[str | None] = mapped_column(String(32))
+    """The API key that submitted the task; ``None`` when auth was off (or the Ray-native
+    DeploymentHandle path): such tasks are visible to admin keys only once auth is on."""
+
+    __table_args__ = (
+        Index("ix_tasks_owner_created", "owner_key_id", "created_at"),
+        Index("ix_tasks_owner_status", "owner_key_id", "status"),
+    )
 
     def __repr__(self) -> str:
         return f"TaskRow(id={self.id!r}, status={self.status!r}, attempts={self.attempts})"
@@ -85,3 +94,26 @@ class TaskRow(Base):
             completed_at=self.completed_at,
             timings=Timings.model_validate(self.timings or {}),
         )
+
+
+class ApiKeyRow(Base):
+    """One API key. Only the SHA-256 of the secret is stored; the secret is shown once."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    """Hex SHA-256 of the whole key (``wxs_…``)."""
+    prefix: Mapped[str] = mapped_column(String(16))
+    """The key's first characters, to tell keys apart in listings (not enough to use it)."""
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    callback_secret: Mapped[str] = mapped_column(String(100))
+    """HMAC-SHA256 secret that signs this key's task callbacks (receivers hold a copy)."""
+    max_active_tasks: Mapped[int | None] = mapped_column(Integer)
+    max_submissions_per_minute: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+    def __repr__(self) -> str:  # never the hash or the callback secret
+        return f"ApiKeyRow(id={self.id!r}, name={self.name!r}, prefix={self.prefix!r})"

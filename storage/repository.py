@@ -38,6 +38,7 @@ from common.schemas import (
 from storage.coltypes import UtcDateTime
 from storage.db import Database
 from storage.models import TaskRow
+from storage.quota import Quota, QuotaExceeded, owner_lock_key, refusal
 
 _ACTIVE = (TaskStatus.queued.value, TaskStatus.processing.value)
 _TERMINAL = tuple(s.value for s in TaskStatus if s.terminal)
@@ -69,8 +70,14 @@ def create_task(
     audio_path: str | None,
     audio_duration: float | None = None,
     inputs: dict[str, Any] | None = None,
+    owner_key_id: str | None = None,
+    quota: Quota | None = None,
 ) -> TaskRow:
-    """Insert a queued task at 0 %."""
+    """Insert a queued task at 0 %, owned by ``owner_key_id``.
+
+    With a ``quota`` the task is inserted only if it fits (raises :class:`QuotaExceeded`
+    otherwise, storing nothing); see :mod:`storage.quota`.
+    """
     now = utcnow()
     row = TaskRow(
         id=task_id,
@@ -88,10 +95,31 @@ def create_task(
         attempts=0,
         created_at=now,
         updated_at=now,
+        owner_key_id=owner_key_id,
     )
     with db.session() as session:
+        if quota is not None and owner_key_id is not None and db.backend == "postgresql":
+            session.execute(select(func.pg_advisory_xact_lock(owner_lock_key(owner_key_id))))
         session.add(row)
+        session.flush()  # SQLite: the INSERT takes the write lock, so the count below is exact
+        if quota is not None:
+            refused = refusal(
+                session, quota=quota, owner_key_id=owner_key_id, now=now, exclude_task_id=task_id
+            )
+            if refused is not None:
+                raise QuotaExceeded(refused)  # the session rolls the insert back
     return row
+
+
+def check_quota(db: Database, *, owner_key_id: str | None, quota: Quota) -> None:
+    """Raise :class:`QuotaExceeded` if one more task of this owner would not fit now.
+
+    A cheap early answer before an upload is read; ``create_task`` decides for good.
+    """
+    with db.session() as session:
+        refused = refusal(session, quota=quota, owner_key_id=owner_key_id, now=utcnow())
+    if refused is not None:
+        raise QuotaExceeded(refused)
 
 
 def get_task(db: Database, *, task_id: str) -> TaskRow | None:
@@ -107,9 +135,13 @@ class TaskFilter:
     task_type: TaskType | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
+    owner_key_id: str | None = None
+    """Only the tasks of this API key; ``None``: every owner's."""
 
     def where(self) -> list[ColumnElement[bool]]:
         clauses: list[ColumnElement[bool]] = []
+        if self.owner_key_id is not None:
+            clauses.append(TaskRow.owner_key_id == self.owner_key_id)
         if self.status is not None:
             clauses.append(TaskRow.status == self.status.value)
         if self.task_type is not None:

@@ -14,10 +14,12 @@ class ClientConfig:
     timeout: float = 60.0
     """Seconds for each HTTP request (an upload gets this long per read/write, not in all)."""
     retries: int = 3
-    """Extra attempts after a connection error or a 502/503/504 answer."""
+    """Extra attempts after a connection error or a 429/502/503/504 answer."""
     backoff: float = 0.5
     """First pause between attempts in seconds; doubles each time, up to ``max_backoff``."""
     max_backoff: float = 10.0
+    max_retry_after: float = 120.0
+    """Longest ``Retry-After`` (429, 503) the client waits out; a longer one is raised."""
     poll_interval: float = 1.0
     """Seconds between progress polls when the WebSocket cannot be used."""
     websocket: bool = True

@@ -1,11 +1,12 @@
 """HTTP with bounded retries, and the service's routes as typed calls.
 
-Retry policy (``ClientConfig.retries`` extra attempts, exponential backoff with jitter,
-``Retry-After`` honoured up to ``max_backoff``):
+Retry policy (``ClientConfig.retries`` extra attempts, exponential backoff with jitter;
+a ``Retry-After`` is waited out in full, up to ``max_retry_after``):
 
-- reads, cancel and delete are retried on any connection error and on 502/503/504;
+- reads, cancel and delete are retried on any connection error and on 429/502/503/504;
 - submissions are retried only when the request cannot have created a task: a connection
-  that never opened (connect error or timeout) or a 503 answer (the service refused it).
+  that never opened (connect error or timeout), a 429 (this key's limits) or a 503 answer
+  (the service refused it: overloaded).
   A connection lost after the upload was sent, or a 502/504 from a proxy, is *not*
   retried: the task may exist, and retrying could run the file twice. Such errors are
   raised as :class:`TransportError` / :class:`APIError`; ``GET /task/all`` shows whether
@@ -32,8 +33,8 @@ from whisperx_serve_client.errors import (
 )
 from whisperx_serve_client.models import TaskAccepted, TaskProgress, TaskPublic
 
-RETRY_STATUSES = frozenset({502, 503, 504})
-SUBMIT_RETRY_STATUSES = frozenset({503})
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+SUBMIT_RETRY_STATUSES = frozenset({429, 503})
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 FileField = tuple[str, IO[bytes] | bytes]
@@ -106,8 +107,13 @@ class AsyncTransport:
                     f"Could not reach the service at {self.config.base_url}.",
                     f"{method} {path}: {type(exc).__name__}: {exc}",
                 ) from exc
-            if response.status_code in statuses and attempt < self.config.retries:
-                await self._pause(attempt, _retry_after(response))
+            hint = _retry_after(response)
+            if (
+                response.status_code in statuses
+                and attempt < self.config.retries
+                and (hint is None or hint <= self.config.max_retry_after)
+            ):
+                await self._pause(attempt, hint)
                 attempt += 1
                 continue
             if response.status_code == 404 and attempt > 0 and missing_ok_on_retry:
@@ -119,8 +125,8 @@ class AsyncTransport:
     async def _pause(self, attempt: int, hint: float | None = None) -> None:
         delay = min(self.config.backoff * 2**attempt, self.config.max_backoff)
         delay *= random.uniform(0.5, 1.0)
-        if hint is not None:
-            delay = max(delay, min(hint, self.config.max_backoff))
+        if hint is not None:  # the server knows when there is room again: wait that long
+            delay = max(delay, hint)
         await asyncio.sleep(delay)
 
     # ------------------------------------------------------------ routes

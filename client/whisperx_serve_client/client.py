@@ -84,8 +84,9 @@ class Client:
     """Talks to one whisperx-serve deployment; no connection is opened before the first call.
 
     ``Client(base_url, api_key=None, timeout=60, retries=3)``: ``api_key`` is sent as a
-    Bearer token; ``retries`` bounds the extra attempts after connection errors and
-    502/503/504 answers (submissions only when no task can have been created).
+    Bearer token (also on the WebSocket handshake); ``retries`` bounds the extra attempts
+    after connection errors and 429/502/503/504 answers (submissions only when no task can
+    have been created), each waiting out the server's ``Retry-After``.
     """
 
     def __init__(

@@ -26,6 +26,7 @@ from common.errors import (
     validation_error_from,
 )
 from common.schemas import TaskPublic, TaskStatus, TaskType
+from ingress.errors import retry_after
 from ingress.formats import ResultFormat, SubtitleOptions, render
 from ingress.openai_models import (
     DEFAULT_MODELS,
@@ -86,7 +87,9 @@ def error_response(
     err: ServiceError, *, param: str | None = None, retry: bool | None = None
 ) -> JSONResponse:
     """``err`` as OpenAI's error body; ``retry=False`` tells the client not to resubmit."""
-    return _error_json(err.code, str(err), err.status_code, param=param, retry=retry)
+    response = _error_json(err.code, str(err), err.status_code, param=param, retry=retry)
+    response.headers.update(retry_after(err))
+    return response
 
 
 def _error_json(

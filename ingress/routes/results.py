@@ -11,12 +11,12 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from common.errors import TaskNotFinishedError, TaskNotFoundError, validation_error_from
+from common.errors import TaskNotFinishedError, validation_error_from
 from common.schemas import TaskPublic, TaskStatus, Transcript
+from ingress.auth import CallerDep, visible_task
 from ingress.errors import error_responses
 from ingress.formats import ResultFormat, SubtitleOptions, render
 from ingress.services import ServicesDep
-from storage import repository
 
 router = APIRouter()
 
@@ -91,15 +91,11 @@ def subtitle_options(
 async def get_task_result(
     identifier: str,
     services: ServicesDep,
+    caller: CallerDep,
     options: Annotated[SubtitleOptions, Depends(subtitle_options)],
     format: Annotated[ResultFormat, Query(description="File format.")] = ResultFormat.json,
 ) -> Response:
-    row = await asyncio.to_thread(repository.get_task, services.db, task_id=identifier)
-    if row is None:
-        raise TaskNotFoundError(
-            "No task has this identifier.", f"task {identifier[:64]!r} not found"
-        )
-    task = row.to_public()
+    task = (await visible_task(services.db, caller, identifier)).to_public()
     if task.status is not TaskStatus.completed:
         hint = "" if task.status.terminal else " Try again once it has completed."
         raise TaskNotFinishedError(

@@ -23,6 +23,7 @@ from common.schemas import (
     TaskType,
     Transcript,
 )
+from ingress.auth import CallerDep
 from ingress.errors import error_responses
 from ingress.params import (
     CallbackUrl,
@@ -113,7 +114,7 @@ def _speaker_turns(data: Any) -> list[SpeakerTurn]:
     response_model=TaskAccepted,
     summary="Transcribe only (no word alignment, no speakers)",
     description=_ACCEPTED,
-    responses=error_responses(413, 422, 503),
+    responses=error_responses(413, 422, 429, 503),
 )
 async def transcribe(
     request: Request,
@@ -138,7 +139,7 @@ async def transcribe(
         '"language"}`). Uses wav2vec2 when an aligner serves the language, else Whisper\'s '
         "own word timings; the result's `word_timestamps` says which. " + _ACCEPTED
     ),
-    responses=error_responses(413, 422, 503),
+    responses=error_responses(413, 422, 429, 503),
 )
 async def align(
     request: Request,
@@ -161,7 +162,7 @@ async def align(
     response_model=TaskAccepted,
     summary="Speaker turns only",
     description="The result has no segments, only `speaker_turns` and `speakers`. " + _ACCEPTED,
-    responses=error_responses(413, 422, 503),
+    responses=error_responses(413, 422, 429, 503),
 )
 async def diarize(
     request: Request,
@@ -189,10 +190,11 @@ async def diarize(
         "a `/service/diarize` result, or a JSON list of `{start, end, speaker}` (or `label`). "
         + _ACCEPTED
     ),
-    responses=error_responses(413, 422, 503),
+    responses=error_responses(413, 422, 429, 503),
 )
 async def combine(
     services: ServicesDep,
+    caller: CallerDep,
     aligned_transcript: Annotated[UploadFile, File(description="Transcript JSON file.")],
     diarization_result: Annotated[UploadFile, File(description="Diarization JSON file.")],
     callback_url: CallbackUrl = None,
@@ -211,4 +213,5 @@ async def combine(
             "transcript": given.model_dump(mode="json"),
             "speaker_turns": [t.model_dump(mode="json") for t in turns],
         },
+        caller=caller,
     )

@@ -10,7 +10,6 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
 
-from common.errors import TaskNotFoundError
 from common.schemas import (
     TaskAccepted,
     TaskDeleted,
@@ -21,6 +20,7 @@ from common.schemas import (
     TaskType,
 )
 from deployments.progress_state import state_from_row
+from ingress.auth import CallerDep, task_not_found, visible_task
 from ingress.errors import error_responses
 from ingress.params import SpeechParams
 from ingress.services import IngressServices, ServicesDep
@@ -29,10 +29,6 @@ from storage import repository
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
-
-
-def _not_found(identifier: str) -> TaskNotFoundError:
-    return TaskNotFoundError("No task has this identifier.", f"task {identifier[:64]!r} not found")
 
 
 @router.post(
@@ -45,7 +41,7 @@ def _not_found(identifier: str) -> TaskNotFoundError:
         "progress over `WS /ws/tasks/{identifier}` or `GET /tasks/{identifier}/progress`; "
         "read the transcript with `GET /task/{identifier}`."
     ),
-    responses=error_responses(413, 422, 503),
+    responses=error_responses(413, 422, 429, 503),
 )
 async def speech_to_text(
     request: Request,
@@ -67,6 +63,7 @@ async def speech_to_text(
 )
 async def list_tasks(
     services: ServicesDep,
+    caller: CallerDep,
     status: Annotated[TaskStatus | None, Query(description="Only tasks in this status.")] = None,
     task_type: Annotated[TaskType | None, Query(description="Only tasks of this type.")] = None,
     created_after: Annotated[
@@ -86,6 +83,7 @@ async def list_tasks(
         task_type=task_type,
         created_after=_aware(created_after),
         created_before=_aware(created_before),
+        owner_key_id=caller.owner_scope,
     )
     rows, total = await asyncio.to_thread(
         repository.list_tasks,
@@ -112,11 +110,8 @@ def _aware(value: datetime | None) -> datetime | None:
     summary="A task: status, result, error and timings",
     responses=error_responses(404),
 )
-async def get_task(identifier: str, services: ServicesDep) -> TaskPublic:
-    row = await asyncio.to_thread(repository.get_task, services.db, task_id=identifier)
-    if row is None:
-        raise _not_found(identifier)
-    return row.to_public()
+async def get_task(identifier: str, services: ServicesDep, caller: CallerDep) -> TaskPublic:
+    return (await visible_task(services.db, caller, identifier)).to_public()
 
 
 @router.post(
@@ -131,14 +126,14 @@ async def get_task(identifier: str, services: ServicesDep) -> TaskPublic:
     ),
     responses=error_responses(404, 503),
 )
-async def cancel_task(identifier: str, services: ServicesDep) -> TaskProgress:
-    before = await asyncio.to_thread(repository.get_task, services.db, task_id=identifier)
+async def cancel_task(identifier: str, services: ServicesDep, caller: CallerDep) -> TaskProgress:
+    before = await visible_task(services.db, caller, identifier)
     status = await services.progress.cancel(identifier)
-    if status is None or before is None:
-        raise _not_found(identifier)
+    if status is None:
+        raise task_not_found(identifier)
     if before.status == TaskStatus.queued.value and status is TaskStatus.cancelled:
         services.runner.task_ended(identifier)  # no runner had it: the runner sends the callback
-    return await get_task_progress(identifier, services)
+    return await get_task_progress(identifier, services, caller)
 
 
 @router.delete(
@@ -149,10 +144,8 @@ async def cancel_task(identifier: str, services: ServicesDep) -> TaskProgress:
     description="A task still queued or running is cancelled first.",
     responses=error_responses(404),
 )
-async def delete_task(identifier: str, services: ServicesDep) -> TaskDeleted:
-    row = await asyncio.to_thread(repository.get_task, services.db, task_id=identifier)
-    if row is None:
-        raise _not_found(identifier)
+async def delete_task(identifier: str, services: ServicesDep, caller: CallerDep) -> TaskDeleted:
+    row = await visible_task(services.db, caller, identifier)
     if not TaskStatus(row.status).terminal:
         try:
             await services.progress.cancel(identifier)
@@ -160,7 +153,7 @@ async def delete_task(identifier: str, services: ServicesDep) -> TaskDeleted:
             logger.warning("could not cancel task %s before deleting it", identifier)
     deleted = await asyncio.to_thread(repository.delete_task, services.db, task_id=identifier)
     if deleted is None:
-        raise _not_found(identifier)
+        raise task_not_found(identifier)
     if deleted.audio_path:
         await asyncio.to_thread(_remove_upload, services, Path(deleted.audio_path))
     try:
@@ -188,7 +181,11 @@ def _remove_upload(services: IngressServices, path: Path) -> None:
     summary="Current progress of a task (polling fallback to the WebSocket)",
     responses=error_responses(404),
 )
-async def get_task_progress(identifier: str, services: ServicesDep) -> TaskProgress:
+async def get_task_progress(
+    identifier: str, services: ServicesDep, caller: CallerDep
+) -> TaskProgress:
+    if caller.owner_scope is not None:  # auth on, not an admin: is it this key's task?
+        await visible_task(services.db, caller, identifier)
     try:
         snap = await services.progress.snapshot(identifier)
     except Exception:  # tracker unreachable: the database is the durable copy
@@ -196,7 +193,7 @@ async def get_task_progress(identifier: str, services: ServicesDep) -> TaskProgr
         row = await asyncio.to_thread(repository.get_task, services.db, task_id=identifier)
         snap = state_from_row(row).snapshot() if row is not None else None
     if snap is None:
-        raise _not_found(identifier)
+        raise task_not_found(identifier)
     position = None
     if snap.status is TaskStatus.queued:
         position = await asyncio.to_thread(

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Form
 from common.config import IngressConfig
 from common.netguard import FetchLimits, fetch_to_file
 from common.schemas import TaskAccepted, TaskType
+from ingress.auth import CallerDep
 from ingress.errors import error_responses
 from ingress.params import SpeechParams
 from ingress.services import ServicesDep
@@ -56,10 +57,11 @@ def download_limits(config: IngressConfig) -> FetchLimits:
         "any redirect hop); the download is bounded in size (`upload_too_large`) and time "
         "(`download_failed`, like any failure to fetch the file)."
     ),
-    responses=error_responses(413, 422, 503),
+    responses=error_responses(413, 422, 429, 503),
 )
 async def speech_to_text_url(
     services: ServicesDep,
+    caller: CallerDep,
     params: SpeechParams,
     url: Annotated[
         str,
@@ -88,4 +90,5 @@ async def speech_to_text_url(
         file_name=file_name,
         audio_path=path,
         audio_duration=duration,
+        caller=caller,
     )

@@ -38,3 +38,11 @@ def test_unknown_exception_maps_to_500() -> None:
     err = as_service_error(ValueError("bad"))
     assert err.status_code == 500 and err.code == "processing_failed"
     assert err.technical_detail == "ValueError: bad"
+
+
+def test_retry_after_survives_pickling() -> None:
+    exc = errors.RateLimitedError("Slow down.", "rate: 5 >= 5", 42)
+    back = pickle.loads(pickle.dumps(exc))
+    assert type(back) is errors.RateLimitedError and back.retry_after_seconds == 42
+    assert (back.status_code, back.code) == (429, "rate_limited")
+    assert errors.OverloadedError("Busy.").retry_after_seconds == 1

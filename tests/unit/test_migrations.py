@@ -40,7 +40,7 @@ def _tables(path: Path) -> set[str]:
         return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
 
 
-HEAD = "0002"
+HEAD = "0003"
 
 
 def _version(path: Path) -> list[str]:
@@ -52,7 +52,7 @@ def test_migrate_twice_is_a_noop(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "dir" / "db.sqlite"
     url = f"sqlite:///{path}"
     migrate(url)
-    assert _tables(path) == {"tasks", "alembic_version"} and _version(path) == [HEAD]
+    assert _tables(path) == {"tasks", "api_keys", "alembic_version"} and _version(path) == [HEAD]
     db = Database(url)
     repo.create_task(
         db,
@@ -199,5 +199,6 @@ def test_upgrade_from_0001_keeps_every_row(tmp_path: Path) -> None:
     ]
     assert rows[2].to_public().result is not None
     assert all(r.inputs is None and r.cancel_requested_at is None for r in rows)
+    assert all(r.owner_key_id is None for r in rows)  # 0003: existing tasks have no owner
     assert repo.request_cancel(db, task_id="t0") is TaskStatus.cancelled  # new column works
     db.dispose()
