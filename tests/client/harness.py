@@ -434,11 +434,14 @@ class Live:
 
 
 @contextlib.contextmanager
-def live_server(tmp_path: Path, *, max_upload_bytes: int = 8 * 1024 * 1024) -> Iterator[Live]:
+def live_server(
+    tmp_path: Path, *, max_upload_bytes: int = 8 * 1024 * 1024, **config: Any
+) -> Iterator[Live]:
+    """``config``: more :class:`IngressConfig` fields (auth, limits, queue bound)."""
     services = make_ingress_services(
         tmp_path,
         db_name="client.db",
-        config=IngressConfig(max_upload_bytes=max_upload_bytes),
+        config=IngressConfig(max_upload_bytes=max_upload_bytes, **config),
         tracker=Tracker,
         runner=FakeRunner,
         ws_wait_seconds=0.5,

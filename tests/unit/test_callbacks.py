@@ -14,7 +14,7 @@ import pytest
 from common.config import RunnerConfig
 from common.netguard import parse_networks
 from common.schemas import TaskParams, TaskPublic, TaskType
-from deployments.callbacks import CallbackPolicy, deliver_callback
+from deployments.callbacks import CallbackPolicy, deliver_callback, sign, verify_signature
 from storage import repository
 from storage.db import Database, migrate
 from tests.local_http import LocalHTTPServer, reply
@@ -158,3 +158,33 @@ def test_policy_from_runner_config() -> None:
     policy = CallbackPolicy.from_config(config)
     assert (policy.max_attempts, policy.backoff_seconds, policy.backoff_max_seconds) == (3, 0.5, 4)
     assert (policy.attempt_timeout_seconds, policy.total_seconds) == (2, 30)
+
+
+async def test_signed_callbacks_verify_at_the_receiver(
+    receiver: LocalHTTPServer, task: TaskPublic
+) -> None:
+    """Each attempt is signed over the exact body bytes with its own timestamp; the
+    receiver's check (``verify_signature``) accepts it and rejects any change."""
+    answers(receiver, 503, 200)
+    outcome = await deliver_callback(
+        receiver.url("/hook"), task, policy=FAST, allow_networks=ALLOW, signing_secret="whsec_k"
+    )
+    assert outcome.delivered and outcome.attempts == 2
+    for seen in receiver.requests:
+        signature, stamp = (
+            seen.headers["X-WhisperX-Signature"],
+            seen.headers["X-WhisperX-Timestamp"],
+        )
+        assert signature.startswith("sha256=") and abs(int(stamp) - time.time()) < 30
+        assert verify_signature("whsec_k", seen.body, signature, stamp)
+        assert signature == sign("whsec_k", int(stamp), seen.body)
+        assert not verify_signature("whsec_other", seen.body, signature, stamp)
+        assert not verify_signature("whsec_k", seen.body + b" ", signature, stamp)
+        assert not verify_signature("whsec_k", seen.body, signature, str(int(stamp) + 1))
+        assert not verify_signature("whsec_k", seen.body, signature, stamp, now=int(stamp) + 301)
+
+
+async def test_unsigned_without_a_secret(receiver: LocalHTTPServer, task: TaskPublic) -> None:
+    answers(receiver, 200)
+    await deliver_callback(receiver.url("/hook"), task, policy=FAST, allow_networks=ALLOW)
+    assert "X-WhisperX-Signature" not in receiver.requests[0].headers

@@ -294,3 +294,56 @@ async def test_openapi_documents_openai_routes(client: httpx.AsyncClient) -> Non
     fields = spec["components"]["schemas"][body]["properties"]
     assert {"file", "model", "language", "prompt", "response_format", "temperature"} <= set(fields)
     assert "timestamp_granularities[]" in fields
+
+
+async def test_the_sdks_api_key_is_the_bearer_key(
+    services: IngressServices, jfk_path: Path
+) -> None:
+    """With a key created, the official client works by passing it as ``api_key``; a wrong
+    or missing key is its ``AuthenticationError`` (401, OpenAI's error shape)."""
+    from ingress.auth import create_key
+
+    key = create_key(services.db, name="sdk")[0].key
+    transport = httpx2.ASGITransport(app=create_app(services))
+    async with httpx2.AsyncClient(transport=transport, base_url="http://test") as http:
+
+        def sdk(api_key: str) -> openai.AsyncOpenAI:
+            return openai.AsyncOpenAI(
+                base_url="http://test/v1", api_key=api_key, http_client=http, max_retries=0
+            )
+
+        result = await sdk(key).audio.transcriptions.create(
+            model="whisper-1", file=jfk_path.open("rb")
+        )
+        assert result.text == "And so, my fellow Americans, ask not."
+        with pytest.raises(openai.AuthenticationError) as refused:
+            await sdk("unused").audio.transcriptions.create(
+                model="whisper-1", file=jfk_path.open("rb")
+            )
+        assert refused.value.status_code == 401 and refused.value.code == "unauthorized"
+    row = repository.list_tasks(services.db)[0][0]
+    assert row.owner_key_id is not None  # the SDK's task belongs to its key
+
+
+async def test_a_keys_limit_is_the_sdks_rate_limit_error(tmp_path: Path, jfk_path: Path) -> None:
+    from common.config import CallerLimits
+    from ingress.auth import create_key
+
+    services = make_ingress_services(
+        tmp_path,
+        db_name="oa.db",
+        config=IngressConfig(limits=CallerLimits(max_submissions_per_minute=1)),
+        tracker=FakeTracker,
+        runner=FakeRunner,
+    )
+    key = create_key(services.db, name="sdk")[0].key
+    transport = httpx2.ASGITransport(app=create_app(services))
+    async with httpx2.AsyncClient(transport=transport, base_url="http://test") as http:
+        sdk = openai.AsyncOpenAI(
+            base_url="http://test/v1", api_key=key, http_client=http, max_retries=0
+        )
+        await sdk.audio.transcriptions.create(model="whisper-1", file=jfk_path.open("rb"))
+        with pytest.raises(openai.RateLimitError) as limited:
+            await sdk.audio.transcriptions.create(model="whisper-1", file=jfk_path.open("rb"))
+    assert limited.value.code == "rate_limited"
+    assert 50 <= int(limited.value.response.headers["retry-after"]) <= 60

@@ -1,0 +1,85 @@
+"""``whisperx-serve`` (ingress.cli) run as a real command in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+from ingress.auth import hash_key
+from storage import api_keys
+from storage.db import Database
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run(data_dir: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'client'}",
+        "WHISPERX_SERVE_DATA_DIR": str(data_dir),
+    }
+    env.pop("WHISPERX_SERVE_DATABASE_URL", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ingress.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (proc.returncode == 0) is ok, proc.stdout + proc.stderr
+    return proc
+
+
+def test_the_console_script_points_at_the_cli() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert project["project"]["scripts"]["whisperx-serve"] == "ingress.cli:main"
+    from ingress import cli
+
+    assert callable(cli.main)
+
+
+def test_create_list_revoke(tmp_path: Path) -> None:
+    created = run(tmp_path, "keys", "create", "--name", "alice", "--per-minute", "5").stdout
+    key = re.search(r"api key:\s+(wxs_[A-Za-z0-9_-]{43})\n", created)
+    secret = re.search(r"signing secret:\s+(whsec_\S+)\n", created)
+    assert key and secret, created
+    run(tmp_path, "keys", "create", "--name", "root", "--admin")
+    run(tmp_path, "keys", "create", "--name", "alice", ok=False)  # an active key has the name
+
+    listed = run(tmp_path, "keys", "list", "--json").stdout
+    rows = [json.loads(line) for line in listed.splitlines()]
+    assert [(r["name"], r["admin"], r["per_minute"]) for r in rows] == [
+        ("alice", False, 5),
+        ("root", True, None),
+    ]
+    table = run(tmp_path, "keys", "list").stdout
+    for shown in (listed, table):  # the prefix only, never the key or the signing secret
+        assert key.group(1) not in shown and secret.group(1) not in shown
+        assert key.group(1)[:12] in shown
+    assert run(tmp_path, "keys", "signing-secret", "alice").stdout.strip() == secret.group(1)
+
+    db_file = tmp_path / "whisperx-serve.db"
+    with sqlite3.connect(db_file) as conn:
+        dump = "\n".join(conn.iterdump())
+    assert key.group(1) not in dump and hash_key(key.group(1)) in dump
+
+    assert "revoked" in run(tmp_path, "keys", "revoke", "alice").stdout
+    run(tmp_path, "keys", "revoke", "alice", ok=False)  # no active key of that name now
+    db = Database(f"sqlite:///{db_file}")
+    try:
+        assert api_keys.find_active_key(db, key_hash=hash_key(key.group(1))) is None
+        assert api_keys.count_api_keys(db) == api_keys.KeyCounts(total=2, active=1)
+    finally:
+        db.dispose()
+    run(tmp_path, "keys", "create", "--name", "alice")  # the name is free again
+
+
+def test_migrate(tmp_path: Path) -> None:
+    assert "latest schema" in run(tmp_path, "migrate").stdout
+    run(tmp_path, "keys", "create", "--name", "x", "--max-active", "0", ok=False)
