@@ -25,6 +25,7 @@ PG_BASE = os.environ.get(
     "WHISPERX_SERVE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 APP = "whisperx-it"
+QUEUE_BOUND = 1_500
 
 
 @dataclass
@@ -119,6 +120,8 @@ def service(
             "resources": {"num_cpus": 0.25},
         },
         "runner": {"max_concurrent_tasks": 2, "lease_seconds": 8, "poll_interval_seconds": 1},
+        # Above test_backpressure's burst of 1,000; test_auth fills the queue past it.
+        "ingress": {"max_queued_tasks": QUEUE_BOUND, "overload_retry_after_seconds": 2},
     }
     # Workers get the settings through runtime_env; this process's environment stays
     # untouched so later tests (unit tier) never see the integration database.
@@ -137,3 +140,76 @@ def service(
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+@dataclass
+class Keys:
+    """API keys made with the real ``whisperx-serve keys create`` on the service's database."""
+
+    secrets: dict[str, str]
+    """name -> the API key"""
+    signing: dict[str, str]
+    """name -> its callback signing secret"""
+
+    def headers(self, name: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.secrets[name]}"}
+
+
+def run_cli(service: Service, *args: str) -> str:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'client'}",
+        "WHISPERX_SERVE_DATABASE_URL": service.database_url,
+        "WHISPERX_SERVE_DATA_DIR": str(service.data_dir),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "ingress.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def keys(service: Service) -> Iterator[Keys]:
+    """Keys for one module: ``ingress.auth: auto`` turns auth on as soon as the first one
+    exists. Afterwards the rows are deleted (a test-only step; the command only revokes),
+    and auth is off again for the modules after it."""
+    import re
+
+    made = Keys({}, {})
+    for name, *flags in (
+        ("alice",),
+        ("bob",),
+        ("root", "--admin"),
+        ("carol", "--max-active", "1"),
+        ("dave", "--per-minute", "2"),
+    ):
+        out = run_cli(service, "keys", "create", "--name", name, *flags)
+        key = re.search(r"api key:\s+(wxs_\S{43})\n", out)
+        signing = re.search(r"signing secret:\s+(\S+)\n", out)
+        assert key and signing, out
+        made.secrets[name], made.signing[name] = key.group(1), signing.group(1)
+
+    def task_all_status() -> int:
+        return httpx.get(
+            f"{service.base_url}/task/all", params={"limit": 1}, timeout=10
+        ).status_code
+
+    wait_until(lambda: task_all_status() == 401, timeout=30, what="auth on")
+    try:
+        yield made
+    finally:
+        engine = sa.create_engine(service.database_url)
+        with engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM api_keys"))
+        engine.dispose()
+        wait_until(lambda: task_all_status() == 200, timeout=30, what="auth off again")

@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from tests.conftest import normalise
-from tests.integration.conftest import Service
+from tests.integration.conftest import Keys, Service
 from tests.streams import submit
 from tests.waiting import wait_until
 
@@ -124,3 +124,33 @@ def _cue_texts(subtitles: str) -> list[str]:
         timing = next(i for i, line in enumerate(lines) if "-->" in line)
         texts.extend(LABEL.sub("", line) for line in lines[timing + 1 :])
     return texts
+
+
+def test_the_sdks_api_key_is_the_services_bearer_key(
+    service: Service, keys: Keys, jfk_path: Path
+) -> None:
+    """Last in this module: with keys created, auth is on. The official client's own
+    ``api_key`` is all it takes; a wrong one is its ``AuthenticationError``."""
+    url = f"{service.base_url}/v1"
+    with (
+        openai.OpenAI(base_url=url, api_key=keys.secrets["alice"], max_retries=0) as good,
+        jfk_path.open("rb") as f,
+    ):
+        result = good.audio.transcriptions.create(model="whisper-1", file=f)
+    assert PHRASE in normalise(result.text)
+    with (
+        openai.OpenAI(base_url=url, api_key="unused", max_retries=0) as bad,
+        jfk_path.open("rb") as f,
+        pytest.raises(openai.AuthenticationError) as refused,
+    ):
+        bad.audio.transcriptions.create(model="whisper-1", file=f)
+    assert refused.value.status_code == 401 and refused.value.code == "unauthorized"
+    # The task it ran is alice's: bob cannot see it, alice can.
+    tasks = httpx.get(f"{service.base_url}/task/all", headers=keys.headers("alice"), timeout=10)
+    assert tasks.json()["total"] >= 1
+    assert (
+        httpx.get(f"{service.base_url}/task/all", headers=keys.headers("bob"), timeout=10).json()[
+            "total"
+        ]
+        == 0
+    )

@@ -397,3 +397,16 @@ def test_openapi_documents_the_bearer_scheme(services: IngressServices) -> None:
     task = spec["paths"]["/task/{identifier}"]["get"]
     assert task["security"] == [{"bearer": []}, {}] and "401" in task["responses"]
     assert "429" in spec["paths"]["/speech-to-text"]["post"]["responses"]
+
+
+def test_startup_says_loudly_when_auth_is_off(
+    services: IngressServices, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("INFO", logger="ingress.auth"):
+        auth.log_auth_state(services.db, services.config)
+        create_key(services.db, name="alice")
+        auth.log_auth_state(services.db, services.config)
+    off, on = caplog.records
+    assert off.levelname == "WARNING" and "AUTH IS OFF" in off.getMessage()
+    assert "anyone who can reach this port" in off.getMessage()
+    assert on.levelname == "INFO" and "auth is on" in on.getMessage()

@@ -33,6 +33,13 @@ def test_production_config_pins_gpu_fractions() -> None:
     assert all(c.device == "cuda" for c in fractions)
 
 
+def test_production_requires_keys_and_local_runs_auto() -> None:
+    production = AppArgs.model_validate(_config_args("serve_config.yaml")).ingress
+    assert production.auth == "required" and production.cors_origins == []
+    assert production.limits.max_active_tasks and production.max_queued_tasks
+    assert AppArgs.model_validate(_config_args("serve_config.local.yaml")).ingress.auth == "auto"
+
+
 def test_local_config_asks_for_no_gpu() -> None:
     args = AppArgs.model_validate(_config_args("serve_config.local.yaml"))
     fractions = (args.asr, args.alignment, args.diarization)
