@@ -96,8 +96,9 @@ SUCCESS_RESPONSES: dict[int | str, dict[str, Any]] = {
 _ERRORS: dict[int | str, str] = {
     400: "Bad request: invalid parameters, unusable audio, or a task the model cannot do.",
     413: "The upload is larger than this service accepts.",
+    429: "This API key is over its limits (tasks in flight or per minute); see Retry-After.",
     500: "The task failed on the server.",
-    503: "A model or a backing service is unavailable.",
+    503: "A model or a backing service is unavailable, or the queue is full (Retry-After).",
     504: "The task did not finish in time; it keeps running (see the message).",
     "4XX": "Any other client error (for example, the task was deleted while running).",
 }

@@ -11,7 +11,10 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from ingress.auth import hash_key
+from ingress.cli import main
 from storage import api_keys
 from storage.db import Database
 
@@ -44,13 +47,29 @@ def test_the_console_script_points_at_the_cli() -> None:
     assert callable(cli.main)
 
 
-def test_create_list_revoke(tmp_path: Path) -> None:
+def cli(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[int, str]:
+    """The same command in this process (fast); ``run`` is the real subprocess."""
+    monkeypatch.setenv("WHISPERX_SERVE_DATA_DIR", str(data_dir))
+    monkeypatch.delenv("WHISPERX_SERVE_DATABASE_URL", raising=False)
+    try:
+        code = main(list(args))
+    except SystemExit as exc:
+        code = 1 if exc.code else 0
+    return code, capsys.readouterr().out
+
+
+def test_create_list_revoke(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     created = run(tmp_path, "keys", "create", "--name", "alice", "--per-minute", "5").stdout
     key = re.search(r"api key:\s+(wxs_[A-Za-z0-9_-]{43})\n", created)
     secret = re.search(r"signing secret:\s+(whsec_\S+)\n", created)
     assert key and secret, created
-    run(tmp_path, "keys", "create", "--name", "root", "--admin")
-    run(tmp_path, "keys", "create", "--name", "alice", ok=False)  # an active key has the name
+    assert cli(tmp_path, monkeypatch, capsys, "keys", "create", "--name", "root", "--admin")[0] == 0
+    # An active key already has the name.
+    assert cli(tmp_path, monkeypatch, capsys, "keys", "create", "--name", "alice")[0] == 1
 
     listed = run(tmp_path, "keys", "list", "--json").stdout
     rows = [json.loads(line) for line in listed.splitlines()]
@@ -58,11 +77,12 @@ def test_create_list_revoke(tmp_path: Path) -> None:
         ("alice", False, 5),
         ("root", True, None),
     ]
-    table = run(tmp_path, "keys", "list").stdout
+    table = cli(tmp_path, monkeypatch, capsys, "keys", "list")[1]
     for shown in (listed, table):  # the prefix only, never the key or the signing secret
         assert key.group(1) not in shown and secret.group(1) not in shown
         assert key.group(1)[:12] in shown
-    assert run(tmp_path, "keys", "signing-secret", "alice").stdout.strip() == secret.group(1)
+    code, out = cli(tmp_path, monkeypatch, capsys, "keys", "signing-secret", "alice")
+    assert code == 0 and out.strip() == secret.group(1)
 
     db_file = tmp_path / "whisperx-serve.db"
     with sqlite3.connect(db_file) as conn:
@@ -70,16 +90,21 @@ def test_create_list_revoke(tmp_path: Path) -> None:
     assert key.group(1) not in dump and hash_key(key.group(1)) in dump
 
     assert "revoked" in run(tmp_path, "keys", "revoke", "alice").stdout
-    run(tmp_path, "keys", "revoke", "alice", ok=False)  # no active key of that name now
+    # No active key of that name now.
+    assert cli(tmp_path, monkeypatch, capsys, "keys", "revoke", "alice")[0] == 1
     db = Database(f"sqlite:///{db_file}")
     try:
         assert api_keys.find_active_key(db, key_hash=hash_key(key.group(1))) is None
         assert api_keys.count_api_keys(db) == api_keys.KeyCounts(total=2, active=1)
     finally:
         db.dispose()
-    run(tmp_path, "keys", "create", "--name", "alice")  # the name is free again
+    # The name is free again.
+    assert cli(tmp_path, monkeypatch, capsys, "keys", "create", "--name", "alice")[0] == 0
 
 
-def test_migrate(tmp_path: Path) -> None:
-    assert "latest schema" in run(tmp_path, "migrate").stdout
-    run(tmp_path, "keys", "create", "--name", "x", "--max-active", "0", ok=False)
+def test_migrate_and_bad_limits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert "latest schema" in cli(tmp_path, monkeypatch, capsys, "migrate")[1]
+    args = ("keys", "create", "--name", "x", "--max-active", "0")
+    assert cli(tmp_path, monkeypatch, capsys, *args)[0] == 1
