@@ -410,3 +410,24 @@ def test_startup_says_loudly_when_auth_is_off(
     assert off.levelname == "WARNING" and "AUTH IS OFF" in off.getMessage()
     assert "anyone who can reach this port" in off.getMessage()
     assert on.levelname == "INFO" and "auth is on" in on.getMessage()
+
+
+async def test_the_insert_decides_even_when_the_early_check_let_it_through(
+    tmp_path: Path, jfk_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two submissions racing past the early check: the insert refuses the second, and its
+    stored upload is removed."""
+
+    async def let_through(*_: object) -> None:
+        return None
+
+    monkeypatch.setattr(auth, "admit", let_through)
+    services = _services(tmp_path, limits=CallerLimits(max_active_tasks=1))
+    key = new_key(services, "alice")
+    transport = httpx.ASGITransport(app=create_app(services))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        assert (await submit(c, jfk_path.read_bytes(), key=key)).status_code == 200
+        over = await submit(c, jfk_path.read_bytes(), key=key)
+    assert over.status_code == 429 and over.headers["retry-after"] == "5"
+    assert len(list(services.settings.upload_dir().iterdir())) == 1
+    assert repository.list_tasks(services.db)[1] == 1
