@@ -152,7 +152,8 @@ class CallerLimits(BaseModel):
     max_active_tasks: int | None = Field(None, ge=1)
     """Tasks of one key queued or running at once; ``None`` = no limit. Over it: 429."""
     max_submissions_per_minute: int | None = Field(None, ge=1)
-    """Tasks one key may submit in any 60 s; ``None`` = no limit. Over it: 429."""
+    """Submissions of one key per minute (a bucket: a burst of this many, then one every
+    60/M s); ``None`` = no limit. Over it: 429."""
     busy_retry_after_seconds: int = Field(5, ge=1, le=3600)
     """``Retry-After`` of a 429 for ``max_active_tasks`` (when a task ends is unknown)."""
 

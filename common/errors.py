@@ -105,7 +105,7 @@ class RetryLaterError(ServiceError):
 
 
 class RateLimitedError(RetryLaterError):
-    """This API key has too many tasks in flight, or submitted too many in the last minute."""
+    """This API key has too many tasks in flight, or is over its submissions per minute."""
 
     status_code, code = 429, "rate_limited"
 

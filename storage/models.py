@@ -112,6 +112,10 @@ class ApiKeyRow(Base):
     """HMAC-SHA256 secret that signs this key's task callbacks (receivers hold a copy)."""
     max_active_tasks: Mapped[int | None] = mapped_column(Integer)
     max_submissions_per_minute: Mapped[int | None] = mapped_column(Integer)
+    rate_tokens: Mapped[float | None] = mapped_column(Float)
+    """The per-minute limit's token bucket: submissions left, as of ``rate_checked_at``
+    (``None``: full). Deleting tasks gives none back."""
+    rate_checked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 

@@ -1,7 +1,8 @@
 """Admission of new tasks: per-key limits and the queue bound, counted from the database.
 
-The counts come from the tasks table, never from one replica's memory, so every ingress
-replica applies the same limits. ``create_task`` checks again inside its insert
+The counts come from the database (the tasks table; the per-minute token bucket on the
+key's row), never from one replica's memory, so every ingress replica applies the same
+limits. ``create_task`` checks again inside its insert
 transaction (PostgreSQL: under a per-key advisory lock; SQLite: under its write lock), so
 concurrent submissions of one key cannot slip past its limits together. The queue bound
 is checked the same way but without a global lock: concurrent submissions may pass it by
@@ -16,11 +17,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from common.schemas import TaskStatus
-from storage.models import TaskRow
+from storage.models import ApiKeyRow, TaskRow
 
 RATE_WINDOW = timedelta(minutes=1)
 _ACTIVE = (TaskStatus.queued.value, TaskStatus.processing.value)
@@ -33,7 +34,8 @@ class Quota:
     max_active: int | None = None
     """The owner's queued + running tasks."""
     max_per_minute: int | None = None
-    """The owner's tasks created in the last minute."""
+    """The owner's submissions per minute (a token bucket: bursts of this many, then this
+    many a minute)."""
     max_queued: int | None = None
     """Queued tasks of every owner."""
     busy_retry_after_s: int = 5
@@ -85,20 +87,39 @@ def refusal(
         if active >= quota.max_active:
             return Refusal("active", active, quota.max_active, quota.busy_retry_after_s)
     if quota.max_per_minute is not None:
-        since = now - RATE_WINDOW
-        recent = _count(session, TaskRow.created_at > since, *mine)
-        if recent >= quota.max_per_minute:
-            # Room for one more once the (recent - limit + 1)-th oldest leaves the window.
-            leaves = session.scalar(
-                select(TaskRow.created_at)
-                .where(TaskRow.created_at > since, *mine)
-                .order_by(TaskRow.created_at)
-                .offset(recent - quota.max_per_minute)
-                .limit(1)
-            )
-            wait = (leaves + RATE_WINDOW - now).total_seconds() if leaves else 1.0
-            return Refusal("rate", recent, quota.max_per_minute, max(1, math.ceil(wait)))
+        tokens = _tokens(session, owner_key_id, quota.max_per_minute, now)
+        if tokens < 1:
+            wait = (1 - tokens) * RATE_WINDOW.total_seconds() / quota.max_per_minute
+            used = quota.max_per_minute - math.floor(tokens)
+            return Refusal("rate", used, quota.max_per_minute, max(1, math.ceil(wait)))
     return None
+
+
+def take_token(session: Session, *, quota: Quota, owner_key_id: str | None, now: datetime) -> None:
+    """Count one admitted submission against the owner's per-minute limit."""
+    if quota.max_per_minute is None or owner_key_id is None:
+        return
+    tokens = _tokens(session, owner_key_id, quota.max_per_minute, now)
+    session.execute(
+        update(ApiKeyRow)
+        .where(ApiKeyRow.id == owner_key_id)
+        .values(rate_tokens=tokens - 1, rate_checked_at=now),
+        execution_options={"synchronize_session": False},
+    )
+
+
+def _tokens(session: Session, owner_key_id: str, per_minute: int, now: datetime) -> float:
+    """Submissions the owner has left now: a bucket of ``per_minute`` that refills at
+    ``per_minute`` a minute. Kept on the key's row, so deleting tasks gives none back."""
+    state = session.execute(
+        select(ApiKeyRow.rate_tokens, ApiKeyRow.rate_checked_at).where(ApiKeyRow.id == owner_key_id)
+    ).one_or_none()
+    if state is None or state.rate_tokens is None or state.rate_checked_at is None:
+        return float(per_minute)
+    checked: datetime = state.rate_checked_at
+    elapsed = max(0.0, (now - checked).total_seconds())
+    refill = elapsed * per_minute / RATE_WINDOW.total_seconds()
+    return min(float(per_minute), float(state.rate_tokens) + refill)
 
 
 def _count(session: Session, *where: object) -> int:

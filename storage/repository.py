@@ -38,7 +38,7 @@ from common.schemas import (
 from storage.coltypes import UtcDateTime
 from storage.db import Database
 from storage.models import TaskRow
-from storage.quota import Quota, QuotaExceeded, owner_lock_key, refusal
+from storage.quota import Quota, QuotaExceeded, owner_lock_key, refusal, take_token
 
 _ACTIVE = (TaskStatus.queued.value, TaskStatus.processing.value)
 _TERMINAL = tuple(s.value for s in TaskStatus if s.terminal)
@@ -108,6 +108,7 @@ def create_task(
             )
             if refused is not None:
                 raise QuotaExceeded(refused)  # the session rolls the insert back
+            take_token(session, quota=quota, owner_key_id=owner_key_id, now=now)
     return row
 
 

@@ -15,13 +15,13 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from common.config import CallerLimits, IngressConfig
-from common.schemas import TaskParams, TaskType, utcnow
+from common.schemas import TaskParams, TaskType
 from ingress import auth
 from ingress.app import create_app
 from ingress.auth import create_key
 from ingress.services import IngressServices
 from storage import api_keys, repository
-from storage.models import TaskRow
+from storage.models import ApiKeyRow
 from storage.quota import Quota, QuotaExceeded
 from tests.fakes import make_ingress_services
 
@@ -289,30 +289,29 @@ async def test_active_tasks_limit_is_429_with_retry_after(tmp_path: Path, jfk_pa
     assert repository.list_tasks(services.db)[1] == 4
 
 
-async def test_per_minute_limit_counts_the_last_60_seconds(tmp_path: Path, jfk_path: Path) -> None:
+async def test_per_minute_limit_is_a_bucket_that_deleting_does_not_refill(
+    tmp_path: Path, jfk_path: Path
+) -> None:
     services = _services(tmp_path, limits=CallerLimits(max_submissions_per_minute=3))
     new, row = create_key(services.db, name="alice")
-    now = utcnow()
-    for i, age in enumerate((90, 50, 20)):  # one outside the window, two inside
-        repository.create_task(
-            services.db,
-            task_id=f"old{i}",
-            task_type=TaskType.speech_to_text,
-            params=TaskParams(),
-            file_name=None,
-            audio_path=None,
-            owner_key_id=row.id,
-        )
-        with services.db.session() as s:
-            s.get(TaskRow, f"old{i}").created_at = now - timedelta(seconds=age)  # type: ignore[union-attr]
-            s.get(TaskRow, f"old{i}").status = "completed"  # type: ignore[union-attr]
+    audio = jfk_path.read_bytes()
     transport = httpx.ASGITransport(app=create_app(services))
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-        assert (await submit(c, jfk_path.read_bytes(), key=new.key)).status_code == 200
-        over = await submit(c, jfk_path.read_bytes(), key=new.key)
-    assert over.status_code == 429 and "per minute" in over.json()["user_message"]
-    # Room again when the 50 s old one leaves the window: in about 10 s.
-    assert 9 <= int(over.headers["retry-after"]) <= 11
+        accepted = [await submit(c, audio, key=new.key) for _ in range(3)]  # a burst of 3
+        assert [r.status_code for r in accepted] == [200, 200, 200]
+        over = await submit(c, audio, key=new.key)
+        assert over.status_code == 429 and "per minute" in over.json()["user_message"]
+        assert 19 <= int(over.headers["retry-after"]) <= 20  # one submission per 20 s
+        for r in accepted:  # deleting its tasks gives a key no submissions back
+            gone = await c.delete(f"/task/{r.json()['identifier']}/delete", headers=bearer(new.key))
+            assert gone.status_code == 200
+        assert (await submit(c, audio, key=new.key)).status_code == 429
+        with services.db.session() as s:  # 25 s later: one submission has come back
+            key_row = s.get(ApiKeyRow, row.id)
+            assert key_row is not None and key_row.rate_checked_at is not None
+            key_row.rate_checked_at -= timedelta(seconds=25)
+        assert (await submit(c, audio, key=new.key)).status_code == 200
+        assert (await submit(c, audio, key=new.key)).status_code == 429
 
 
 async def test_queue_bound_is_503_and_keeps_what_was_accepted(

@@ -31,6 +31,8 @@ def upgrade() -> None:
         sa.Column("callback_secret", sa.String(100), nullable=False),
         sa.Column("max_active_tasks", sa.Integer(), nullable=True),
         sa.Column("max_submissions_per_minute", sa.Integer(), nullable=True),
+        sa.Column("rate_tokens", sa.Float(), nullable=True),
+        sa.Column("rate_checked_at", UtcDateTime(), nullable=True),
         sa.Column("created_at", UtcDateTime(), nullable=False),
         sa.Column("revoked_at", UtcDateTime(), nullable=True),
     )
