@@ -356,3 +356,13 @@ class TaskPublic(BaseModel):
     started_at: datetime | None
     completed_at: datetime | None
     timings: Timings
+
+    def redacted(self) -> TaskPublic:
+        """This task as shown to readers: no credentials in its ``callback_url``."""
+        url = self.params.callback_url
+        if not url:
+            return self
+        from common.redact import redact_url
+
+        params = self.params.model_copy(update={"callback_url": redact_url(url)})
+        return self.model_copy(update={"params": params})

@@ -78,7 +78,7 @@ async def deliver_callback(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> CallbackOutcome:
     """POST ``task`` as JSON to ``url`` until a 2xx, a final answer or the policy's limits."""
-    body = task.model_dump_json().encode()
+    body = task.redacted().model_dump_json().encode()  # the URL itself is ``url``
     headers = [
         ("Content-Type", "application/json"),
         ("X-WhisperX-Task-Id", task.identifier),

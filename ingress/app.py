@@ -16,7 +16,9 @@ from common.settings import Settings
 from deployments.clients import ProgressClient, RunnerClient
 from deployments.events_bus import EventsBusConfig, RedisEventReader
 from deployments.progress import get_or_create_tracker
+from ingress.catalog import AsrCatalog
 from ingress.errors import document_error_shape, install_error_handlers
+from ingress.limits import RequestLimitsMiddleware
 from ingress.routes import health, openai_compat, results, stages, tasks
 from ingress.routes.url import router as url_router
 from ingress.services import IngressServices
@@ -50,6 +52,7 @@ def create_app(services: IngressServices) -> FastAPI:
     app.include_router(stages.router)
     app.include_router(health.router)
     app.include_router(ws_router)
+    app.add_middleware(RequestLimitsMiddleware, config=services.config)
     return app
 
 
@@ -75,7 +78,13 @@ async def serve_deployment_statuses(app_name: str) -> dict[str, str]:
 @serve.ingress()
 class Ingress:
     async def __init__(  # type: ignore[misc]  # Serve runs async constructors
-        self, runner: Any, *, app_name: str, config: IngressConfig, mirror_interval_s: float
+        self,
+        runner: Any,
+        *,
+        app_name: str,
+        config: IngressConfig,
+        mirror_interval_s: float,
+        asr_catalog: AsrCatalog | None = None,
     ) -> None:
         settings = Settings()
         url = settings.resolved_database_url()
@@ -102,6 +111,7 @@ class Ingress:
             runner=RunnerClient(runner),
             deployments_ready=deployments_ready,
             events=RedisEventReader(bus, publisher_state=publisher_state) if bus else None,
+            asr_catalog=asr_catalog,
         )
 
     def __serve_build_asgi_app__(self) -> FastAPI:
@@ -128,7 +138,9 @@ class Ingress:
         task_id = new_task_id()
         path = storage_path(services.settings.upload_dir(), task_id, file_name)
         await asyncio.to_thread(path.write_bytes, audio)
-        duration = await probe_stored(path, len(audio))
+        duration = await probe_stored(
+            path, len(audio), max_seconds=services.config.max_audio_seconds
+        )
         return await accept_task(
             services,
             task_id=task_id,
@@ -141,7 +153,8 @@ class Ingress:
 
     async def wait(self, task_id: str, timeout_s: float = 3600.0) -> TaskPublic | None:
         """The task once it has ended, or ``None`` if it still runs after ``timeout_s``."""
-        return await wait_for_task(self._services, task_id, timeout_s)
+        task = await wait_for_task(self._services, task_id, timeout_s)
+        return task.redacted() if task is not None else None
 
     async def progress(self, task_id: str) -> TaskSnapshot | None:
         return await self._services.progress.snapshot(task_id)

@@ -31,6 +31,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, object]]:
 
 def response_for(exc: BaseException) -> JSONResponse:
     err = as_service_error(exc)
+    headers = getattr(exc, "headers", None)  # Starlette's 405 carries ``Allow``
     if err.status_code >= 500:
         logger.error("request failed: %s", err, exc_info=exc)
     else:
@@ -38,7 +39,11 @@ def response_for(exc: BaseException) -> JSONResponse:
     body = ErrorResponse(
         error_code=err.code, user_message=err.user_message, technical_detail=err.technical_detail
     )
-    return JSONResponse(status_code=err.status_code, content=body.model_dump())
+    return JSONResponse(
+        status_code=err.status_code,
+        content=body.model_dump(),
+        headers=dict(headers) if isinstance(headers, dict) else None,
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -37,6 +37,13 @@ def check_declared_size(headers: Any, limit: int) -> None:
         )
 
 
+def check_params(services: IngressServices, params: TaskParams) -> None:
+    """422 now for what the deployments could not do (an unknown model, a language the
+    model lacks), instead of a task that fails later."""
+    if services.asr_catalog is not None:
+        services.asr_catalog.check(params.asr)
+
+
 async def accept_task(
     services: IngressServices,
     *,
@@ -49,6 +56,7 @@ async def accept_task(
     inputs: dict[str, Any] | None = None,
 ) -> TaskAccepted:
     """Insert the queued task, wake the runner, and describe where to follow it."""
+    check_params(services, params)
     await asyncio.to_thread(
         repository.create_task,
         services.db,
@@ -81,11 +89,14 @@ async def accept_upload(
     inputs: dict[str, Any] | None = None,
 ) -> TaskAccepted:
     """Store an uploaded file under the upload directory, probe it, and queue its task."""
+    check_params(services, params)
     limit = services.config.max_upload_bytes
     check_declared_size(request.headers, limit)
     task_id = new_task_id()
     path = storage_path(services.settings.upload_dir(), task_id, file.filename)
-    duration = await save_upload(file.file, path, limit)
+    duration = await save_upload(
+        file.file, path, limit, max_seconds=services.config.max_audio_seconds
+    )
     return await accept_task(
         services,
         task_id=task_id,

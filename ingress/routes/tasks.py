@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
+from pydantic import BeforeValidator
 
 from common.errors import TaskNotFoundError
 from common.schemas import (
@@ -58,6 +59,18 @@ async def speech_to_text(
     )
 
 
+def _iso_only(value: object) -> object:
+    """ISO 8601 only: pydantic would take a bare number (``0.5``) as a Unix time."""
+    if isinstance(value, int | float) or (
+        isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1).isdigit()
+    ):
+        raise ValueError("expected an ISO 8601 date-time, not a number")
+    return value
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_only)]
+
+
 @router.get(
     "/task/all",
     response_model=TaskPage,
@@ -70,10 +83,10 @@ async def list_tasks(
     status: Annotated[TaskStatus | None, Query(description="Only tasks in this status.")] = None,
     task_type: Annotated[TaskType | None, Query(description="Only tasks of this type.")] = None,
     created_after: Annotated[
-        datetime | None, Query(description="Created at or after (ISO 8601).")
+        IsoDateTime | None, Query(description="Created at or after (ISO 8601).")
     ] = None,
     created_before: Annotated[
-        datetime | None, Query(description="Created before (ISO 8601).")
+        IsoDateTime | None, Query(description="Created before (ISO 8601).")
     ] = None,
     sort: Annotated[
         Literal["newest", "oldest"], Query(description="Order by creation time.")
@@ -96,7 +109,7 @@ async def list_tasks(
         newest_first=sort == "newest",
     )
     return TaskPage(
-        tasks=[row.to_public() for row in rows], total=total, limit=limit, offset=offset
+        tasks=[row.to_public().redacted() for row in rows], total=total, limit=limit, offset=offset
     )
 
 
@@ -116,7 +129,7 @@ async def get_task(identifier: str, services: ServicesDep) -> TaskPublic:
     row = await asyncio.to_thread(repository.get_task, services.db, task_id=identifier)
     if row is None:
         raise _not_found(identifier)
-    return row.to_public()
+    return row.to_public().redacted()
 
 
 @router.post(
