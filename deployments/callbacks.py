@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from common import metrics
 from common.config import RunnerConfig
 from common.errors import DownloadFailedError, UrlNotAllowedError
 from common.netguard import FetchLimits, IPNetwork, post
@@ -121,6 +122,7 @@ async def deliver_callback(
                     attempts,
                     extra=extra,
                 )
+                metrics.record_callback(delivered=True)
                 return CallbackOutcome(True, attempts, status, "")
             detail = f"HTTP {status}"
             retry = _retryable_status(status)
@@ -146,4 +148,5 @@ async def deliver_callback(
         detail,
         extra=extra,
     )
+    metrics.record_callback(delivered=False)
     return CallbackOutcome(False, attempts, status, detail)

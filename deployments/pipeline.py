@@ -61,6 +61,7 @@ class TaskOutcome:
     status: TaskStatus
     duration_s: float | None
     error: TaskError | None = None
+    timings: Timings | None = None
 
 
 class TaskPipeline:
@@ -103,14 +104,14 @@ class TaskPipeline:
             await self._progress.finish(
                 task.task_id, TaskStatus.completed, result=transcript, timings=timings
             )
-            return TaskOutcome(TaskStatus.completed, duration)
+            return TaskOutcome(TaskStatus.completed, duration, timings=timings)
         except (asyncio.CancelledError, TaskCancelled) as exc:
             if isinstance(exc, asyncio.CancelledError) and not await self._is_cancelled(task):
                 raise  # the runner stopped the task (lost lease, shutdown): not the user's cancel
             logger.info("task cancelled", extra={"task_id": task.task_id})
             timings.total = round(time.perf_counter() - started, 3)
             await self._progress.finish(task.task_id, TaskStatus.cancelled, timings=timings)
-            return TaskOutcome(TaskStatus.cancelled, duration)
+            return TaskOutcome(TaskStatus.cancelled, duration, timings=timings)
         except Exception as exc:  # every failure becomes a failed task with a clear error
             err = as_service_error(exc)
             if err.status_code >= 500:
@@ -122,7 +123,7 @@ class TaskPipeline:
             await self._progress.finish(
                 task.task_id, TaskStatus.failed, error=error, timings=timings
             )
-            return TaskOutcome(TaskStatus.failed, duration, error)
+            return TaskOutcome(TaskStatus.failed, duration, error, timings)
 
     async def _is_cancelled(self, task: TaskInput) -> bool:
         if self._cancel_requested is None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import ray
 
+from common import metrics
 from common.schemas import (
     TaskError,
     TaskProgressStage,
@@ -210,6 +211,8 @@ class ProgressTracker:
         await self._mirror(state)
 
     async def _notify(self, state: TaskProgressState) -> None:
+        if state.events:
+            metrics.record_event_published(state.events[-1].type)
         cond = self._condition(state.task_id)
         async with cond:
             cond.notify_all()

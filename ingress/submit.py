@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import Request, UploadFile
 
+from common import metrics
 from common.errors import UploadTooLargeError
 from common.schemas import TaskAccepted, TaskParams, TaskStatus, TaskType
 from ingress.services import IngressServices
@@ -69,6 +70,7 @@ async def accept_task(
         inputs=inputs,
     )
     services.runner.notify()
+    metrics.record_submitted(task_type.value)
     logger.info("task %s queued (%s)", task_id, task_type.value, extra={"task_id": task_id})
     return TaskAccepted(
         identifier=task_id,

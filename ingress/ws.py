@@ -17,6 +17,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect, status
 
+from common import metrics
 from common.schemas import TaskSnapshot
 from deployments.progress_state import Event
 from ingress.services import IngressServices
@@ -54,6 +55,16 @@ async def task_events(
 ) -> None:
     services: IngressServices = websocket.app.state.services
     await websocket.accept()
+    metrics.websocket_opened()
+    try:
+        await _serve(websocket, services, task_id, after_seq)
+    finally:
+        metrics.websocket_closed()
+
+
+async def _serve(
+    websocket: WebSocket, services: IngressServices, task_id: str, after_seq: str | None
+) -> None:
     refused = _bad_request(task_id, after_seq)
     if refused is not None:
         await websocket.close(CLOSE_BAD_REQUEST, refused)

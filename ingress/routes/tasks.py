@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Query, Request, UploadFile
 from pydantic import BeforeValidator
 
+from common import metrics
 from common.errors import TaskNotFoundError
 from common.schemas import (
     TaskAccepted,
@@ -151,6 +152,7 @@ async def cancel_task(identifier: str, services: ServicesDep) -> TaskProgress:
         raise _not_found(identifier)
     if before.status == TaskStatus.queued.value and status is TaskStatus.cancelled:
         services.runner.task_ended(identifier)  # no runner had it: the runner sends the callback
+        metrics.record_finished(before.task_type, TaskStatus.cancelled.value)
     return await get_task_progress(identifier, services)
 
 
