@@ -210,18 +210,21 @@ class Transcript(BaseModel):
 
 class AsrRequest(BaseModel):
     task_id: str | None = None
+    request_id: str | None = None
     options: AsrOptions = AsrOptions()
     word_timestamps: bool = False
 
 
 class AlignRequest(BaseModel):
     task_id: str | None = None
+    request_id: str | None = None
     transcript: Transcript
     options: AlignOptions = AlignOptions()
 
 
 class DiarizeRequest(BaseModel):
     task_id: str | None = None
+    request_id: str | None = None
     transcript: Transcript | None = None
     num_speakers: int | None = None
     min_speakers: int | None = None

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from common.errors import as_service_error
+from common.logs import current_request_id
 from common.schemas import (
     AlignRequest,
     AsrRequest,
@@ -157,7 +158,12 @@ class TaskPipeline:
         t0 = time.perf_counter()
         transcript = await self._asr.transcribe(
             audio,
-            AsrRequest(task_id=task_id, options=params.asr, word_timestamps=can_align is False),
+            AsrRequest(
+                task_id=task_id,
+                request_id=current_request_id(),
+                options=params.asr,
+                word_timestamps=can_align is False,
+            ),
         )
         timings.transcribing = round(time.perf_counter() - t0, 3)
 
@@ -170,7 +176,12 @@ class TaskPipeline:
                 await self._progress.enter_stage(task_id, TaskProgressStage.aligning)
                 transcript = await self._align.align(
                     audio,
-                    AlignRequest(task_id=task_id, transcript=transcript, options=params.alignment),
+                    AlignRequest(
+                        task_id=task_id,
+                        request_id=current_request_id(),
+                        transcript=transcript,
+                        options=params.alignment,
+                    ),
                 )
             else:
                 await self._progress.enter_stage(
@@ -204,6 +215,7 @@ class TaskPipeline:
             audio,
             DiarizeRequest(
                 task_id=task.task_id,
+                request_id=current_request_id(),
                 transcript=transcript,
                 num_speakers=params.num_speakers,
                 min_speakers=params.min_speakers,
@@ -226,7 +238,10 @@ class TaskPipeline:
             transcript = await self._align.align(
                 audio,
                 AlignRequest(
-                    task_id=task.task_id, transcript=transcript, options=task.params.alignment
+                    task_id=task.task_id,
+                    request_id=current_request_id(),
+                    transcript=transcript,
+                    options=task.params.alignment,
                 ),
             )
         else:

@@ -19,6 +19,7 @@ from typing import Any
 import ray
 
 from common import metrics
+from common.logs import configure_service_logging
 from common.schemas import (
     TaskError,
     TaskProgressStage,
@@ -52,6 +53,7 @@ class ProgressTracker:
         retain_terminal_s: float = 900.0,
         events_bus: EventsBusConfig | None = None,
     ) -> None:
+        configure_service_logging(Settings().log_level)  # a no-op outside a Ray worker
         self._db = Database(database_url)
         self._mirror_interval = mirror_interval_s
         self._retain = retain_terminal_s

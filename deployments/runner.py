@@ -25,6 +25,7 @@ from ray import serve
 from common import metrics
 from common.config import RunnerConfig
 from common.errors import TaskInterruptedError
+from common.logs import bind, configure_service_logging
 from common.schemas import TaskError, TaskParams, TaskStatus, TaskType
 from common.settings import Settings
 from deployments.audio import decode_audio
@@ -53,6 +54,7 @@ class TaskRunner:
         default_language: str | None = None,
     ) -> None:
         settings = Settings()
+        configure_service_logging(settings.log_level)
         url = settings.resolved_database_url()
         await asyncio.to_thread(migrate, url)
         self._db = Database(url)
@@ -249,6 +251,10 @@ class TaskRunner:
 
     async def _run(self, row: Any) -> None:
         task_id = row.id
+        request_id = (row.inputs or {}).get("request_id")
+        bind(task_id=task_id, request_id=request_id)  # this run's log lines carry both
+        if request_id:
+            _serve_request_context(request_id)
         try:
             if row.attempts > self._config.max_attempts:
                 err = TaskInterruptedError(
@@ -335,3 +341,15 @@ def _record_outcome(task_type: str, outcome: TaskOutcome) -> None:
         audio_seconds=outcome.duration_s,
         stage_seconds=stages,
     )
+
+
+def _serve_request_context(request_id: str) -> None:
+    """Make this run's deployment calls carry the request id that created the task, so
+    Serve's own log lines in the model replicas show it too (Serve passes the caller's
+    request id on through handle calls). Task-local: each run is its own asyncio task."""
+    try:
+        from ray.serve.context import _set_request_context
+
+        _set_request_context(request_id=request_id)
+    except Exception:  # a private Serve API: never let it stop a task
+        logger.debug("could not set Serve's request context", exc_info=True)

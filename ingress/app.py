@@ -11,6 +11,7 @@ from ray import serve
 
 from common.config import IngressConfig
 from common.errors import UploadTooLargeError
+from common.logs import configure_service_logging, log_context
 from common.schemas import TaskAccepted, TaskParams, TaskPublic, TaskSnapshot, TaskType
 from common.settings import Settings
 from deployments.clients import ProgressClient, RunnerClient
@@ -19,6 +20,7 @@ from deployments.progress import get_or_create_tracker
 from ingress.catalog import AsrCatalog
 from ingress.errors import document_error_shape, install_error_handlers
 from ingress.limits import RequestLimitsMiddleware
+from ingress.request_id import RequestIdMiddleware, serve_request_id
 from ingress.routes import health, openai_compat, results, stages, tasks
 from ingress.routes.url import router as url_router
 from ingress.services import IngressServices
@@ -53,6 +55,7 @@ def create_app(services: IngressServices) -> FastAPI:
     app.include_router(health.router)
     app.include_router(ws_router)
     app.add_middleware(RequestLimitsMiddleware, config=services.config)
+    app.add_middleware(RequestIdMiddleware)  # outermost: limit answers carry the id too
     return app
 
 
@@ -87,6 +90,7 @@ class Ingress:
         asr_catalog: AsrCatalog | None = None,
     ) -> None:
         settings = Settings()
+        configure_service_logging(settings.log_level)
         url = settings.resolved_database_url()
         await asyncio.to_thread(migrate, url)
         settings.upload_dir().mkdir(parents=True, exist_ok=True)
@@ -128,6 +132,12 @@ class Ingress:
         params: TaskParams | None = None,
     ) -> TaskAccepted:
         """Queue a speech-to-text task for ``audio`` (the file's bytes, any format)."""
+        with log_context(request_id=serve_request_id()):
+            return await self._submit(audio, file_name, params)
+
+    async def _submit(
+        self, audio: bytes, file_name: str | None, params: TaskParams | None
+    ) -> TaskAccepted:
         services = self._services
         if len(audio) > services.config.max_upload_bytes:
             raise UploadTooLargeError(

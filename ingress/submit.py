@@ -16,6 +16,7 @@ from fastapi import Request, UploadFile
 
 from common import metrics
 from common.errors import UploadTooLargeError
+from common.logs import current_request_id
 from common.schemas import TaskAccepted, TaskParams, TaskStatus, TaskType
 from ingress.services import IngressServices
 from ingress.uploads import display_name, save_upload, storage_path
@@ -58,6 +59,8 @@ async def accept_task(
 ) -> TaskAccepted:
     """Insert the queued task, wake the runner, and describe where to follow it."""
     check_params(services, params)
+    if (request_id := current_request_id()) is not None:  # carried into the task's logs
+        inputs = {**(inputs or {}), "request_id": request_id}
     await asyncio.to_thread(
         repository.create_task,
         services.db,
