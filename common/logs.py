@@ -79,11 +79,21 @@ class ContextFilter(logging.Filter):
         return True
 
 
+SERVE_EXTRA_FIELDS = "ray_serve_extra_fields"
+"""Serve's way to add fields to its JSON lines (a plain ``task_id`` attribute is Ray's own
+task id to Serve, which removes it)."""
+
+
 class _ToServeLogger(logging.Handler):
     """Hands records to Serve's logger (looked up per record: Serve may rebuild its
-    handlers when its logging config changes)."""
+    handlers when its logging config changes), our ``task_id`` as a Serve extra field."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        task_id = record.__dict__.pop("task_id", None)
+        if task_id is not None:
+            fields = dict(getattr(record, SERVE_EXTRA_FIELDS, None) or {})
+            fields.setdefault("task_id", task_id)
+            setattr(record, SERVE_EXTRA_FIELDS, fields)
         logging.getLogger(SERVE_LOGGER).handle(record)
 
 

@@ -25,6 +25,10 @@ PG_BASE = os.environ.get(
     "WHISPERX_SERVE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 APP = "whisperx-it"
+DB_PASSWORD_MARKER = "MARKERdbpass7f3a"
+HF_TOKEN_MARKER = "MARKERhf9c2e"
+"""Recognisable secrets the service is given; no response, event, log line or task record
+may show them (tests/integration/test_observability.py scans for them)."""
 
 
 @dataclass
@@ -85,7 +89,11 @@ def service(
     data_dir = tmp_path_factory.mktemp("data")
     env = {
         "WHISPERX_SERVE_DATA_DIR": str(data_dir),
-        "WHISPERX_SERVE_DATABASE_URL": database_url,
+        # a password in the URL (the local PostgreSQL trusts, so it still connects)
+        "WHISPERX_SERVE_DATABASE_URL": database_url.replace(
+            "postgres@", f"postgres:{DB_PASSWORD_MARKER}@", 1
+        ),
+        "WHISPERX_SERVE_HF_TOKEN": f"hf_{HF_TOKEN_MARKER}0123456789abcdef",
         "PYANNOTE_METRICS_ENABLED": "0",
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
@@ -119,6 +127,8 @@ def service(
             "resources": {"num_cpus": 0.25},
         },
         "runner": {"max_concurrent_tasks": 2, "lease_seconds": 8, "poll_interval_seconds": 1},
+        # small enough that the hostile-input tests can pass it quickly
+        "ingress": {"max_upload_bytes": 16 * 1024 * 1024, "body_idle_timeout_seconds": 5},
     }
     # Workers get the settings through runtime_env; this process's environment stays
     # untouched so later tests (unit tier) never see the integration database.
@@ -126,7 +136,8 @@ def service(
     try:  # a failed start must not leave a half-started Ray to the tests after it
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(args), name=APP, route_prefix="/")
+        # JSON logs, as serve_config.yaml has them in production
+        serve.run(build_app(args), name=APP, route_prefix="/", logging_config={"encoding": "JSON"})
         base = f"http://127.0.0.1:{port}"
         wait_until(
             lambda: httpx.get(f"{base}/health/ready", timeout=5).status_code == 200,
