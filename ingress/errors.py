@@ -91,6 +91,7 @@ def document_error_shape(app: FastAPI) -> None:
                 responses.setdefault(
                     "500", {"description": "Unexpected server error", "content": body}
                 )
+        _forms_without_null(spec)
         for name in ("HTTPValidationError", "ValidationError"):
             if name not in str(spec.get("paths")):
                 schemas.pop(name, None)
@@ -98,3 +99,29 @@ def document_error_shape(app: FastAPI) -> None:
         return spec
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+_FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+def _forms_without_null(spec: dict[str, Any]) -> None:
+    """A form field is sent or left out; it cannot be JSON ``null``. FastAPI documents an
+    optional field as ``anyOf: [T, null]``, which invites clients (and schemathesis) to send
+    the text ``null``; say ``T`` instead (the field stays optional)."""
+    schemas = spec.get("components", {}).get("schemas", {})
+    for operations in spec.get("paths", {}).values():
+        for operation in operations.values():
+            content = operation.get("requestBody", {}).get("content", {})
+            for media in _FORMS:
+                ref = content.get(media, {}).get("schema", {}).get("$ref", "")
+                body = schemas.get(ref.rsplit("/", 1)[-1]) if ref else None
+                for prop in (body or {}).get("properties", {}).values():
+                    branches = prop.get("anyOf")
+                    if not branches:
+                        continue
+                    kept = [b for b in branches if b.get("type") != "null"]
+                    if len(kept) == 1:
+                        prop.pop("anyOf")
+                        prop.update({k: v for k, v in kept[0].items() if k not in prop})
+                    else:
+                        prop["anyOf"] = kept
