@@ -88,6 +88,11 @@ def document_error_shape(app: FastAPI) -> None:
                     responses.setdefault(
                         "400", {"description": "Malformed request body", "content": body}
                     )
+                    responses.setdefault(
+                        "408", {"description": "The body did not arrive in time", "content": body}
+                    )
+                if "multipart/form-data" in operation.get("requestBody", {}).get("content", {}):
+                    _document_content_checks(responses)
                 responses.setdefault(
                     "500", {"description": "Unexpected server error", "content": body}
                 )
@@ -125,3 +130,18 @@ def _forms_without_null(spec: dict[str, Any]) -> None:
                         prop.update({k: v for k, v in kept[0].items() if k not in prop})
                     else:
                         prop["anyOf"] = kept
+
+
+_CONTENT_422 = (
+    "Invalid request, or a file whose content the schema cannot describe is unusable: "
+    "not decodable audio (`invalid_audio`), empty (`empty_upload`), longer than the service "
+    "accepts (`audio_too_long`), or JSON that is not a transcript/diarization "
+    "(`invalid_request`)."
+)
+
+
+def _document_content_checks(responses: dict[str, Any]) -> None:
+    """Uploads are ``format: binary`` in the schema, yet must hold audio (or JSON): say
+    that such a schema-valid file can still get a 422 (/v1 says so in its own 400)."""
+    if "422" in responses:
+        responses["422"]["description"] = _CONTENT_422

@@ -333,3 +333,18 @@ async def test_created_before_must_be_a_date(client: httpx.AsyncClient, value: s
 async def test_created_before_takes_iso_dates(client: httpx.AsyncClient) -> None:
     r = await client.get("/task/all", params={"created_before": "2030-01-01T00:00:00Z"})
     assert r.status_code == 200
+
+
+async def test_openapi_documents_content_refusals_and_timeouts(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    for path in ("/speech-to-text", "/service/transcribe", "/service/align", "/service/combine"):
+        responses = spec["paths"][path]["post"]["responses"]
+        assert "invalid_audio" in responses["422"]["description"], path
+        assert "408" in responses and "413" in responses
+    schemas = spec["components"]["schemas"]
+    for path in ("/v1/audio/transcriptions", "/v1/audio/translations", "/speech-to-text-url"):
+        content = spec["paths"][path]["post"]["requestBody"]["content"]
+        ref = next(iter(content.values()))["schema"]["$ref"].rsplit("/", 1)[-1]
+        for name, prop in schemas[ref]["properties"].items():  # a form field cannot be null
+            assert {"type": "null"} not in prop.get("anyOf", []), (path, name)
+            assert prop.get("type") != "null", (path, name)
