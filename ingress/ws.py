@@ -50,7 +50,7 @@ async def task_events(
     websocket: WebSocket,
     task_id: str,
     after_seq: Annotated[
-        str | None, Query(max_length=64, description="Resume after this seq.")
+        str | None, Query(description="Resume after this seq (an integer 0..2^53).")
     ] = None,
 ) -> None:
     services: IngressServices = websocket.app.state.services
@@ -135,7 +135,11 @@ class EventFeed:
 
     async def ended(self, cursor: int) -> bool:
         """True when the task is over and ``cursor`` is at or past its last event."""
-        snap = await self._services.progress.snapshot(self._task_id)
+        try:
+            snap = await self._services.progress.snapshot(self._task_id)
+        except Exception:  # the tracker is away: keep streaming; the next wait is bounded
+            logger.debug("tracker snapshot failed", exc_info=True)
+            return False
         return snap is None or (snap.status.terminal and cursor >= snap.seq)
 
     def _seen(self, events: list[Event] | None) -> list[Event] | None:

@@ -147,6 +147,7 @@ def test_ws_stream_that_finds_nothing_more_closes_instead_of_spinning(
         ("/ws/tasks/" + "a" * 10_000, "invalid task id"),
         ("/ws/tasks/bad%20id", "invalid task id"),
         ("/ws/tasks/ok1?after_seq=" + "9" * 30, "after_seq"),
+        ("/ws/tasks/ok1?after_seq=" + "9" * 500, "after_seq"),
         ("/ws/tasks/ok1?after_seq=-1", "after_seq"),
         ("/ws/tasks/ok1?after_seq=abc", "after_seq"),
         ("/ws/tasks/ok1?after_seq=1.5", "after_seq"),
