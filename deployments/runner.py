@@ -242,7 +242,10 @@ class TaskRunner:
         if running is not None:
             running.cancel()
         try:
-            await self._progress.finish(task_id, TaskStatus.cancelled)
+            if await self._progress.finish(task_id, TaskStatus.cancelled):
+                row = await asyncio.to_thread(repository.get_task, self._db, task_id=task_id)
+                if row is not None:
+                    metrics.record_finished(row.task_type, TaskStatus.cancelled.value)
         except Exception:
             logger.exception("recording cancellation of %s failed", task_id)
         self._wake.set()
