@@ -9,6 +9,13 @@ parser, which spools a whole multipart body to a temporary file) sees it.
   after ``body_timeout_seconds`` → 408, instead of a connection held open for ever.
 
 Once a limit answers, the app sees the client as gone and whatever it sends is dropped.
+
+The Ingress app always runs this. Serve's HTTP proxy, in front of it, reads request bodies
+ahead into memory until the app answers; to stop an oversize body at the proxy as well,
+run the same middleware there: ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=
+ingress.limits:proxy_middlewares`` in the environment Serve starts in (or
+``http_options={"middlewares": proxy_middlewares()}`` in ``serve.start``), with
+``WHISPERX_SERVE_PROXY_MAX_UPLOAD_BYTES`` (default: ``IngressConfig.max_upload_bytes``).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from typing import Any
 
@@ -108,7 +116,13 @@ class _LimitedRequest:
         self.response_started = False
 
     async def run(self) -> None:
-        await self.app(self.scope, self.receive, self.send)
+        try:
+            await self.app(self.scope, self.receive, self.send)
+        except Exception:
+            if not self.refused:
+                raise
+            # answered already; the app only failed to read the body it was denied
+            logger.debug("app stopped after the limit answered", exc_info=True)
 
     async def receive(self) -> Message:
         if self.refused:
@@ -186,3 +200,13 @@ async def _send_error(send: Send, refused: _Refused) -> None:
     start["headers"] = headers
     await send(start)
     await send({"type": "http.response.body", "body": body})
+
+
+def proxy_middlewares() -> list[Any]:
+    """Serve's HTTP-proxy callback: the same limits, applied in the proxy (see above)."""
+    from starlette.middleware import Middleware
+
+    fields: dict[str, Any] = {}
+    if value := os.environ.get("WHISPERX_SERVE_PROXY_MAX_UPLOAD_BYTES"):
+        fields["max_upload_bytes"] = int(value)
+    return [Middleware(RequestLimitsMiddleware, config=IngressConfig(**fields))]

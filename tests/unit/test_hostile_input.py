@@ -349,3 +349,22 @@ async def test_openapi_documents_content_refusals_and_timeouts(client: httpx.Asy
         for name, prop in schemas[ref]["properties"].items():  # a form field cannot be null
             assert {"type": "null"} not in prop.get("anyOf", []), (path, name)
             assert prop.get("type") != "null", (path, name)
+
+
+async def test_proxy_middlewares_apply_the_same_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from ingress.limits import proxy_middlewares
+
+    monkeypatch.setenv("WHISPERX_SERVE_PROXY_MAX_UPLOAD_BYTES", str(LIMIT))
+
+    async def echo(request: Any) -> PlainTextResponse:
+        return PlainTextResponse(str(len(await request.body())))
+
+    app = Starlette(routes=[Route("/speech-to-text", echo, methods=["POST"])])
+    app.user_middleware = proxy_middlewares()  # what Serve's proxy installs
+    body = Body(50 * LIMIT)
+    status, _ = await _call(app, body, [])
+    assert status == 413 and body.sent < LIMIT + 256 * 1024
