@@ -189,6 +189,14 @@ class IngressConfig(BaseModel):
     download_timeout_seconds: float = Field(600.0, gt=0)
     """Deadline for a whole download, redirects included."""
     download_max_redirects: int = Field(5, ge=0, le=20)
+    max_audio_seconds: float = Field(4 * 3600.0, gt=0)
+    """Longest audio (as its container declares at upload) a task may have; longer: 422."""
+    max_header_bytes: int = Field(32 * 1024, ge=1024)
+    """All request headers together; more is answered 431."""
+    body_idle_timeout_seconds: float = Field(30.0, gt=0)
+    """Longest wait for the next bytes of a request body before answering 408."""
+    body_timeout_seconds: float = Field(3600.0, gt=0)
+    """Longest time a whole request body may take to arrive (408 after)."""
 
 
 class AppArgs(BaseModel):

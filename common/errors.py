@@ -14,6 +14,10 @@ _SECRET_PATTERNS = (
     re.compile(r"(hf_)[A-Za-z0-9]{8,}"),
     re.compile(r"(://[^:/@\s]+:)[^@\s]+(@)"),  # user:password@ in URLs
     re.compile(r"((?:token|password|secret|api_key)=)[^&\s]+", re.IGNORECASE),
+    # Ray internals (actor ids, process ids, node addresses) belong in logs only
+    re.compile(r"((?:actor_id|worker_id|node_id|job_id)[=:]\s*)[0-9a-f]{8,}", re.I),
+    re.compile(r"(\bpid[=:]\s*)\d+", re.IGNORECASE),
+    re.compile(r"(\bip[=:]\s*)[0-9a-fA-F.:]+", re.IGNORECASE),
 )
 
 
@@ -63,6 +67,10 @@ class EmptyUploadError(InvalidAudioError):
 
 class UploadTooLargeError(ServiceError):
     status_code, code = 413, "upload_too_large"
+
+
+class AudioTooLongError(InvalidAudioError):
+    code = "audio_too_long"
 
 
 class UrlNotAllowedError(ServiceError):
@@ -171,6 +179,33 @@ _HTTP_ERRORS: dict[int, type[ServiceError]] = {
 }
 
 
+_RAY_FAILURES = frozenset(
+    {
+        "RayActorError",
+        "ActorDiedError",
+        "ActorUnavailableError",
+        "ActorUnschedulableError",
+        "WorkerCrashedError",
+        "NodeDiedError",
+        "LocalRayletDiedError",
+        "ObjectLostError",
+        "OwnerDiedError",
+        "ObjectReconstructionFailedError",
+        "RaySystemError",
+        "TaskUnschedulableError",
+        "OutOfMemoryError",
+        "DeploymentUnavailableError",
+    }
+)
+
+
+def _is_ray_failure(exc: BaseException) -> bool:
+    """A Ray system failure (a replica or node died): matched by name, no Ray import."""
+    return any(
+        c.__name__ in _RAY_FAILURES and c.__module__.startswith("ray.") for c in type(exc).__mro__
+    )
+
+
 def as_service_error(exc: BaseException) -> ServiceError:
     """Any exception as a ServiceError: known ones unchanged, the rest as a generic 500.
 
@@ -182,6 +217,17 @@ def as_service_error(exc: BaseException) -> ServiceError:
     cause = getattr(exc, "cause", None)  # ray.exceptions.RayTaskError wraps the original
     if isinstance(cause, ServiceError):
         return cause
+    if _is_ray_failure(exc):
+        # Ray's text names the actor, its process and node: keep it to the logs
+        return ProcessingError(
+            "Processing stopped because a model replica stopped unexpectedly. "
+            "Please submit the task again.",
+            f"{type(exc).__name__}: the replica stopped unexpectedly",
+        )
+    if isinstance(cause, Exception) and type(exc).__name__.startswith("RayTaskError"):
+        return ProcessingError.from_exception(
+            cause, "Processing failed because of an internal error."
+        )
     status, detail = getattr(exc, "status_code", None), getattr(exc, "detail", None)
     if isinstance(status, int) and 400 <= status < 500 and detail is not None:
         kind = _HTTP_ERRORS.get(status, MalformedRequestError)

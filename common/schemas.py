@@ -210,18 +210,21 @@ class Transcript(BaseModel):
 
 class AsrRequest(BaseModel):
     task_id: str | None = None
+    request_id: str | None = None
     options: AsrOptions = AsrOptions()
     word_timestamps: bool = False
 
 
 class AlignRequest(BaseModel):
     task_id: str | None = None
+    request_id: str | None = None
     transcript: Transcript
     options: AlignOptions = AlignOptions()
 
 
 class DiarizeRequest(BaseModel):
     task_id: str | None = None
+    request_id: str | None = None
     transcript: Transcript | None = None
     num_speakers: int | None = None
     min_speakers: int | None = None
@@ -356,3 +359,13 @@ class TaskPublic(BaseModel):
     started_at: datetime | None
     completed_at: datetime | None
     timings: Timings
+
+    def redacted(self) -> TaskPublic:
+        """This task as shown to readers: no credentials in its ``callback_url``."""
+        url = self.params.callback_url
+        if not url:
+            return self
+        from common.redact import redact_url
+
+        params = self.params.model_copy(update={"callback_url": redact_url(url)})
+        return self.model_copy(update={"params": params})

@@ -29,7 +29,9 @@ from common.errors import (
     ProcessingError,
     ServiceError,
 )
+from common.logs import configure_service_logging, log_context
 from common.schemas import AlignRequest, Char, Segment, TaskProgressStage, Transcript, Word
+from common.settings import Settings
 from deployments.asr import check_device, resolve_model_path
 from deployments.audio import SAMPLE_RATE
 from deployments.reporting import run_stoppable, stage_reporter
@@ -334,6 +336,7 @@ class AlignmentDeployment:
     def __init__(
         self, config: AlignConfig, *, app_name: str, models_dir: Path | None = None
     ) -> None:
+        configure_service_logging(Settings().log_level)
         self._app_name = app_name
         self._engine = AlignmentEngine(config, models_dir=models_dir)
 
@@ -342,7 +345,10 @@ class AlignmentDeployment:
 
     async def align(self, audio: np.ndarray, req: AlignRequest) -> Transcript:
         progress = stage_reporter(self._app_name, req.task_id, TaskProgressStage.aligning)
-        return await run_stoppable(lambda report: self._engine.align(audio, req, report), progress)
+        with log_context(task_id=req.task_id, request_id=req.request_id):
+            return await run_stoppable(
+                lambda report: self._engine.align(audio, req, report), progress
+            )
 
     def ping(self) -> bool:
         return True

@@ -31,7 +31,9 @@ from common.errors import (
     ProcessingError,
     ServiceError,
 )
+from common.logs import configure_service_logging, log_context
 from common.schemas import AsrOptions, AsrRequest, Segment, TaskProgressStage, Transcript, Word
+from common.settings import Settings
 from deployments.audio import SAMPLE_RATE
 from deployments.reporting import run_stoppable, stage_reporter
 
@@ -441,14 +443,16 @@ def _limit_sentence_boundaries(alignment: list[dict[str, Any]]) -> float:
 @serve.deployment(name="AsrDeployment", max_ongoing_requests=4)
 class AsrDeployment:
     def __init__(self, config: AsrConfig, *, app_name: str, models_dir: Path | None = None) -> None:
+        configure_service_logging(Settings().log_level)
         self._app_name = app_name
         self._engine = AsrEngine(config, models_dir=models_dir)
 
     async def transcribe(self, audio: np.ndarray, req: AsrRequest) -> Transcript:
         progress = stage_reporter(self._app_name, req.task_id, TaskProgressStage.transcribing)
-        return await run_stoppable(
-            lambda report: self._engine.transcribe(audio, req, report), progress
-        )
+        with log_context(task_id=req.task_id, request_id=req.request_id):
+            return await run_stoppable(
+                lambda report: self._engine.transcribe(audio, req, report), progress
+            )
 
     async def add_word_timestamps(
         self, audio: np.ndarray, transcript: Transcript, options: AsrOptions | None = None

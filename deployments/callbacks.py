@@ -23,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from common import metrics
 from common.config import RunnerConfig
 from common.errors import DownloadFailedError, UrlNotAllowedError
 from common.netguard import FetchLimits, IPNetwork, post
@@ -114,7 +115,7 @@ async def deliver_callback(
 ) -> CallbackOutcome:
     """POST ``task`` as JSON to ``url`` until a 2xx, a final answer or the policy's limits;
     signed with ``signing_secret`` when given (each attempt with its own timestamp)."""
-    body = task.model_dump_json().encode()
+    body = task.redacted().model_dump_json().encode()  # the URL itself is ``url``
     base_headers = [
         ("Content-Type", "application/json"),
         ("X-WhisperX-Task-Id", task.identifier),
@@ -162,6 +163,7 @@ async def deliver_callback(
                     attempts,
                     extra=extra,
                 )
+                metrics.record_callback(delivered=True)
                 return CallbackOutcome(True, attempts, status, "")
             detail = f"HTTP {status}"
             retry = _retryable_status(status)
@@ -187,4 +189,5 @@ async def deliver_callback(
         detail,
         extra=extra,
     )
+    metrics.record_callback(delivered=False)
     return CallbackOutcome(False, attempts, status, detail)

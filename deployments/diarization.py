@@ -29,7 +29,9 @@ from common.errors import (
     ProcessingError,
     ServiceError,
 )
+from common.logs import configure_service_logging, log_context
 from common.schemas import DiarizeRequest, SpeakerTurn, TaskProgressStage, Transcript
+from common.settings import Settings
 from deployments.reporting import run_stoppable, stage_reporter
 
 logger = logging.getLogger(__name__)
@@ -315,9 +317,9 @@ class DiarizationDeployment:
         app_name: str,
         models_dir: Path | None = None,
     ) -> None:
-        from common.settings import Settings
-
-        token = Settings().hf_token  # a secret: read from the environment, never bind args
+        settings = Settings()
+        configure_service_logging(settings.log_level)
+        token = settings.hf_token  # a secret: read from the environment, never bind args
         self._app_name = app_name
         self._engine = DiarizationEngine(
             config, models_dir=models_dir, hf_token=token.get_secret_value() if token else None
@@ -326,9 +328,10 @@ class DiarizationDeployment:
 
     async def diarize(self, audio: np.ndarray, req: DiarizeRequest) -> Transcript:
         progress = stage_reporter(self._app_name, req.task_id, TaskProgressStage.diarizing)
-        return await run_stoppable(
-            lambda report: self._locked_diarize(audio, req, report), progress
-        )
+        with log_context(task_id=req.task_id, request_id=req.request_id):
+            return await run_stoppable(
+                lambda report: self._locked_diarize(audio, req, report), progress
+            )
 
     async def assign(self, transcript: Transcript, turns: list[SpeakerTurn]) -> Transcript:
         return await asyncio.to_thread(self._engine.assign, transcript, turns)

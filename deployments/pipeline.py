@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from common.errors import as_service_error
+from common.logs import current_request_id
 from common.schemas import (
     AlignRequest,
     AsrRequest,
@@ -61,6 +62,7 @@ class TaskOutcome:
     status: TaskStatus
     duration_s: float | None
     error: TaskError | None = None
+    timings: Timings | None = None
 
 
 class TaskPipeline:
@@ -103,14 +105,14 @@ class TaskPipeline:
             await self._progress.finish(
                 task.task_id, TaskStatus.completed, result=transcript, timings=timings
             )
-            return TaskOutcome(TaskStatus.completed, duration)
+            return TaskOutcome(TaskStatus.completed, duration, timings=timings)
         except (asyncio.CancelledError, TaskCancelled) as exc:
             if isinstance(exc, asyncio.CancelledError) and not await self._is_cancelled(task):
                 raise  # the runner stopped the task (lost lease, shutdown): not the user's cancel
             logger.info("task cancelled", extra={"task_id": task.task_id})
             timings.total = round(time.perf_counter() - started, 3)
             await self._progress.finish(task.task_id, TaskStatus.cancelled, timings=timings)
-            return TaskOutcome(TaskStatus.cancelled, duration)
+            return TaskOutcome(TaskStatus.cancelled, duration, timings=timings)
         except Exception as exc:  # every failure becomes a failed task with a clear error
             err = as_service_error(exc)
             if err.status_code >= 500:
@@ -122,7 +124,7 @@ class TaskPipeline:
             await self._progress.finish(
                 task.task_id, TaskStatus.failed, error=error, timings=timings
             )
-            return TaskOutcome(TaskStatus.failed, duration, error)
+            return TaskOutcome(TaskStatus.failed, duration, error, timings)
 
     async def _is_cancelled(self, task: TaskInput) -> bool:
         if self._cancel_requested is None:
@@ -156,7 +158,12 @@ class TaskPipeline:
         t0 = time.perf_counter()
         transcript = await self._asr.transcribe(
             audio,
-            AsrRequest(task_id=task_id, options=params.asr, word_timestamps=can_align is False),
+            AsrRequest(
+                task_id=task_id,
+                request_id=current_request_id(),
+                options=params.asr,
+                word_timestamps=can_align is False,
+            ),
         )
         timings.transcribing = round(time.perf_counter() - t0, 3)
 
@@ -169,7 +176,12 @@ class TaskPipeline:
                 await self._progress.enter_stage(task_id, TaskProgressStage.aligning)
                 transcript = await self._align.align(
                     audio,
-                    AlignRequest(task_id=task_id, transcript=transcript, options=params.alignment),
+                    AlignRequest(
+                        task_id=task_id,
+                        request_id=current_request_id(),
+                        transcript=transcript,
+                        options=params.alignment,
+                    ),
                 )
             else:
                 await self._progress.enter_stage(
@@ -203,6 +215,7 @@ class TaskPipeline:
             audio,
             DiarizeRequest(
                 task_id=task.task_id,
+                request_id=current_request_id(),
                 transcript=transcript,
                 num_speakers=params.num_speakers,
                 min_speakers=params.min_speakers,
@@ -225,7 +238,10 @@ class TaskPipeline:
             transcript = await self._align.align(
                 audio,
                 AlignRequest(
-                    task_id=task.task_id, transcript=transcript, options=task.params.alignment
+                    task_id=task.task_id,
+                    request_id=current_request_id(),
+                    transcript=transcript,
+                    options=task.params.alignment,
                 ),
             )
         else:

@@ -18,6 +18,8 @@ from typing import Any
 
 import ray
 
+from common import metrics
+from common.logs import configure_service_logging
 from common.schemas import (
     TaskError,
     TaskProgressStage,
@@ -51,6 +53,7 @@ class ProgressTracker:
         retain_terminal_s: float = 900.0,
         events_bus: EventsBusConfig | None = None,
     ) -> None:
+        configure_service_logging(Settings().log_level)  # a no-op outside a Ray worker
         self._db = Database(database_url)
         self._mirror_interval = mirror_interval_s
         self._retain = retain_terminal_s
@@ -210,6 +213,8 @@ class ProgressTracker:
         await self._mirror(state)
 
     async def _notify(self, state: TaskProgressState) -> None:
+        if state.events:
+            metrics.record_event_published(state.events[-1].type)
         cond = self._condition(state.task_id)
         async with cond:
             cond.notify_all()

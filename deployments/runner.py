@@ -22,13 +22,15 @@ from typing import Any
 
 from ray import serve
 
+from common import metrics
 from common.config import RunnerConfig
 from common.errors import TaskInterruptedError
+from common.logs import bind, configure_service_logging
 from common.schemas import TaskError, TaskParams, TaskStatus, TaskType
 from common.settings import Settings
 from deployments.audio import decode_audio
 from deployments.clients import AlignClient, AsrClient, DiarizeClient, ProgressClient
-from deployments.pipeline import TaskInput, TaskPipeline
+from deployments.pipeline import TaskInput, TaskOutcome, TaskPipeline
 from deployments.progress import get_or_create_tracker
 from storage import api_keys, repository
 from storage.db import Database, migrate
@@ -52,6 +54,7 @@ class TaskRunner:
         default_language: str | None = None,
     ) -> None:
         settings = Settings()
+        configure_service_logging(settings.log_level)
         url = settings.resolved_database_url()
         await asyncio.to_thread(migrate, url)
         self._db = Database(url)
@@ -131,12 +134,17 @@ class TaskRunner:
     # ------------------------------------------------------------------ loops
 
     async def _claim_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        measured = -float("inf")
         while True:
             self._wake.clear()
             try:
                 await self._claim_once()
             except Exception:
                 logger.exception("claiming tasks failed; retrying")
+            if loop.time() - measured >= self._config.poll_interval_seconds:
+                measured = loop.time()
+                await self._measure_queue()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._config.poll_interval_seconds)
 
@@ -155,6 +163,18 @@ class TaskRunner:
             if row.id in self._inflight:  # our own run whose lease expired: it still runs
                 continue
             self._inflight[row.id] = asyncio.create_task(self._run(row))
+        metrics.record_in_flight(len(self._inflight))
+
+    async def _measure_queue(self) -> None:
+        """Queue depth, oldest queued age and this replica's tasks in flight, as metrics."""
+        metrics.record_in_flight(len(self._inflight))
+        try:
+            depth, oldest = await asyncio.to_thread(repository.queue_stats, self._db)
+        except Exception:
+            logger.debug("queue stats failed", exc_info=True)
+            return
+        age = (datetime.now(UTC) - oldest).total_seconds() if oldest is not None else 0.0
+        metrics.record_queue(depth, age)
 
     async def _renew_forever(self) -> None:
         while True:
@@ -224,7 +244,10 @@ class TaskRunner:
         if running is not None:
             running.cancel()
         try:
-            await self._progress.finish(task_id, TaskStatus.cancelled)
+            if await self._progress.finish(task_id, TaskStatus.cancelled):
+                row = await asyncio.to_thread(repository.get_task, self._db, task_id=task_id)
+                if row is not None:
+                    metrics.record_finished(row.task_type, TaskStatus.cancelled.value)
         except Exception:
             logger.exception("recording cancellation of %s failed", task_id)
         self._wake.set()
@@ -233,6 +256,10 @@ class TaskRunner:
 
     async def _run(self, row: Any) -> None:
         task_id = row.id
+        request_id = (row.inputs or {}).get("request_id")
+        bind(task_id=task_id, request_id=request_id)  # this run's log lines carry both
+        if request_id:
+            _serve_request_context(request_id)
         try:
             if row.attempts > self._config.max_attempts:
                 err = TaskInterruptedError(
@@ -244,6 +271,7 @@ class TaskRunner:
                 await self._progress.finish(
                     task_id, TaskStatus.failed, error=TaskError.from_exception(err)
                 )
+                metrics.record_finished(row.task_type, "failed", error_code=err.code)
                 return
             queued = (
                 (datetime.now(UTC) - row.created_at).total_seconds() if row.attempts == 1 else None
@@ -260,6 +288,7 @@ class TaskRunner:
                 )
             )
             logger.info("task %s %s", task_id, outcome.status.value, extra={"task_id": task_id})
+            _record_outcome(row.task_type, outcome)
         except asyncio.CancelledError:
             logger.warning("task %s stopped", task_id, extra={"task_id": task_id})
         except Exception:
@@ -269,6 +298,7 @@ class TaskRunner:
         finally:
             self._inflight.pop(task_id, None)
             self._stopping.pop(task_id, None)
+            metrics.record_in_flight(len(self._inflight))
             self._wake.set()
             await self._send_callback(task_id)  # after freeing the slot; never raises
 
@@ -299,3 +329,38 @@ class TaskRunner:
             )
         except Exception:
             logger.exception("callback of task %s failed", task_id, extra={"task_id": task_id})
+
+
+def _record_outcome(task_type: str, outcome: TaskOutcome) -> None:
+    timings = outcome.timings
+    stages = (
+        {
+            "queued": timings.queued,
+            "decode": timings.decode,
+            "transcribing": timings.transcribing,
+            "aligning": timings.aligning,
+            "diarizing": timings.diarizing,
+            "total": timings.total,
+        }
+        if timings is not None
+        else None
+    )
+    metrics.record_finished(
+        task_type,
+        outcome.status.value,
+        error_code=outcome.error.code if outcome.error else None,
+        audio_seconds=outcome.duration_s,
+        stage_seconds=stages,
+    )
+
+
+def _serve_request_context(request_id: str) -> None:
+    """Make this run's deployment calls carry the request id that created the task, so
+    Serve's own log lines in the model replicas show it too (Serve passes the caller's
+    request id on through handle calls). Task-local: each run is its own asyncio task."""
+    try:
+        from ray.serve.context import _set_request_context
+
+        _set_request_context(request_id=request_id)
+    except Exception:  # a private Serve API: never let it stop a task
+        logger.debug("could not set Serve's request context", exc_info=True)

@@ -12,13 +12,17 @@ from ray import serve
 
 from common.config import IngressConfig
 from common.errors import UploadTooLargeError
+from common.logs import configure_service_logging, log_context
 from common.schemas import TaskAccepted, TaskParams, TaskPublic, TaskSnapshot, TaskType
 from common.settings import Settings
 from deployments.clients import ProgressClient, RunnerClient
 from deployments.events_bus import EventsBusConfig, RedisEventReader
 from deployments.progress import get_or_create_tracker
 from ingress.auth import install_auth, log_auth_state
+from ingress.catalog import AsrCatalog
 from ingress.errors import document_error_shape, install_error_handlers
+from ingress.limits import RequestLimitsMiddleware
+from ingress.request_id import RequestIdMiddleware, serve_request_id
 from ingress.routes import health, openai_compat, results, stages, tasks
 from ingress.routes.url import router as url_router
 from ingress.services import IngressServices
@@ -52,14 +56,17 @@ def create_app(services: IngressServices) -> FastAPI:
     app.include_router(stages.router)
     app.include_router(health.router)
     app.include_router(ws_router)
+    # Starlette runs the last added middleware outermost: CORS, request id, limits, auth.
     install_auth(app, services.db, services.config)
+    app.add_middleware(RequestLimitsMiddleware, config=services.config)
+    app.add_middleware(RequestIdMiddleware)  # limit and auth answers carry the id too
     if services.config.cors_origins:  # outermost: preflights and 401s get CORS headers too
         app.add_middleware(
             CORSMiddleware,
             allow_origins=services.config.cors_origins,
             allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-            expose_headers=["Retry-After", "Content-Disposition"],
+            expose_headers=["Retry-After", "Content-Disposition", "X-Request-ID"],
             max_age=600,
         )
     return app
@@ -87,9 +94,16 @@ async def serve_deployment_statuses(app_name: str) -> dict[str, str]:
 @serve.ingress()
 class Ingress:
     async def __init__(  # type: ignore[misc]  # Serve runs async constructors
-        self, runner: Any, *, app_name: str, config: IngressConfig, mirror_interval_s: float
+        self,
+        runner: Any,
+        *,
+        app_name: str,
+        config: IngressConfig,
+        mirror_interval_s: float,
+        asr_catalog: AsrCatalog | None = None,
     ) -> None:
         settings = Settings()
+        configure_service_logging(settings.log_level)
         url = settings.resolved_database_url()
         await asyncio.to_thread(migrate, url)
         settings.upload_dir().mkdir(parents=True, exist_ok=True)
@@ -114,6 +128,7 @@ class Ingress:
             runner=RunnerClient(runner),
             deployments_ready=deployments_ready,
             events=RedisEventReader(bus, publisher_state=publisher_state) if bus else None,
+            asr_catalog=asr_catalog,
         )
         await asyncio.to_thread(log_auth_state, self._services.db, config)
 
@@ -131,6 +146,12 @@ class Ingress:
         params: TaskParams | None = None,
     ) -> TaskAccepted:
         """Queue a speech-to-text task for ``audio`` (the file's bytes, any format)."""
+        with log_context(request_id=serve_request_id()):
+            return await self._submit(audio, file_name, params)
+
+    async def _submit(
+        self, audio: bytes, file_name: str | None, params: TaskParams | None
+    ) -> TaskAccepted:
         services = self._services
         if len(audio) > services.config.max_upload_bytes:
             raise UploadTooLargeError(
@@ -141,7 +162,9 @@ class Ingress:
         task_id = new_task_id()
         path = storage_path(services.settings.upload_dir(), task_id, file_name)
         await asyncio.to_thread(path.write_bytes, audio)
-        duration = await probe_stored(path, len(audio))
+        duration = await probe_stored(
+            path, len(audio), max_seconds=services.config.max_audio_seconds
+        )
         return await accept_task(
             services,
             task_id=task_id,
@@ -155,7 +178,8 @@ class Ingress:
 
     async def wait(self, task_id: str, timeout_s: float = 3600.0) -> TaskPublic | None:
         """The task once it has ended, or ``None`` if it still runs after ``timeout_s``."""
-        return await wait_for_task(self._services, task_id, timeout_s)
+        task = await wait_for_task(self._services, task_id, timeout_s)
+        return task.redacted() if task is not None else None
 
     async def progress(self, task_id: str) -> TaskSnapshot | None:
         return await self._services.progress.snapshot(task_id)

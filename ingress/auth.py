@@ -27,6 +27,7 @@ from fastapi import Depends, FastAPI, Request
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
+from common import metrics
 from common.config import IngressConfig
 from common.errors import (
     OverloadedError,
@@ -291,6 +292,7 @@ class AuthMiddleware:
             caller = await self.gate.caller(_token(scope))
         except UnauthorizedError as exc:
             logger.warning("refused %s %s: %s", scope["type"], path, exc.technical_detail)
+            metrics.record_auth_failure("missing" if _token(scope) is None else "invalid")
             if scope["type"] == "websocket":
                 await _close_unauthorized(scope, receive, send)
             else:
@@ -366,6 +368,7 @@ async def visible_task(db: Database, caller: Caller, identifier: str) -> TaskRow
 
 
 def refused(refusal: Refusal) -> RetryLaterError:
+    metrics.record_rate_limited(refusal.kind)
     if refusal.kind == "queue":
         return OverloadedError(
             "The service has too many queued tasks right now; try again later.",

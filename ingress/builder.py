@@ -65,6 +65,7 @@ def build_app(raw_args: dict[str, Any]) -> Application:
     # @serve.deployment turns these classes into Deployment objects; mypy sees classes.
     from deployments import alignment, asr, diarization, runner
     from ingress import app
+    from ingress.catalog import AsrCatalog
 
     AsrDeployment: Any = asr.AsrDeployment
     AlignmentDeployment: Any = alignment.AlignmentDeployment
@@ -104,5 +105,6 @@ def build_app(raw_args: dict[str, Any]) -> Application:
         app_name=name,
         config=args.ingress,
         mirror_interval_s=args.runner.db_mirror_interval_seconds,  # whoever creates the tracker
+        asr_catalog=AsrCatalog.from_config(args.asr),
     )
     return built

@@ -31,6 +31,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, object]]:
 
 def response_for(exc: BaseException) -> JSONResponse:
     err = as_service_error(exc)
+    headers = getattr(exc, "headers", None)  # Starlette's 405 carries ``Allow``
     if err.status_code >= 500:
         logger.error("request failed: %s", err, exc_info=exc)
     else:
@@ -39,7 +40,9 @@ def response_for(exc: BaseException) -> JSONResponse:
         error_code=err.code, user_message=err.user_message, technical_detail=err.technical_detail
     )
     return JSONResponse(
-        status_code=err.status_code, content=body.model_dump(), headers=retry_after(err)
+        status_code=err.status_code,
+        content=body.model_dump(),
+        headers={**(headers if isinstance(headers, dict) else {}), **retry_after(err)} or None,
     )
 
 
@@ -92,9 +95,15 @@ def document_error_shape(app: FastAPI) -> None:
                     responses.setdefault(
                         "400", {"description": "Malformed request body", "content": body}
                     )
+                    responses.setdefault(
+                        "408", {"description": "The body did not arrive in time", "content": body}
+                    )
+                if "multipart/form-data" in operation.get("requestBody", {}).get("content", {}):
+                    _document_content_checks(responses)
                 responses.setdefault(
                     "500", {"description": "Unexpected server error", "content": body}
                 )
+        _forms_without_null(spec)
         for name in ("HTTPValidationError", "ValidationError"):
             if name not in str(spec.get("paths")):
                 schemas.pop(name, None)
@@ -102,3 +111,44 @@ def document_error_shape(app: FastAPI) -> None:
         return spec
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+_FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+def _forms_without_null(spec: dict[str, Any]) -> None:
+    """A form field is sent or left out; it cannot be JSON ``null``. FastAPI documents an
+    optional field as ``anyOf: [T, null]``, which invites clients (and schemathesis) to send
+    the text ``null``; say ``T`` instead (the field stays optional)."""
+    schemas = spec.get("components", {}).get("schemas", {})
+    for operations in spec.get("paths", {}).values():
+        for operation in operations.values():
+            content = operation.get("requestBody", {}).get("content", {})
+            for media in _FORMS:
+                ref = content.get(media, {}).get("schema", {}).get("$ref", "")
+                body = schemas.get(ref.rsplit("/", 1)[-1]) if ref else None
+                for prop in (body or {}).get("properties", {}).values():
+                    branches = prop.get("anyOf")
+                    if not branches:
+                        continue
+                    kept = [b for b in branches if b.get("type") != "null"]
+                    if len(kept) == 1:
+                        prop.pop("anyOf")
+                        prop.update({k: v for k, v in kept[0].items() if k not in prop})
+                    else:
+                        prop["anyOf"] = kept
+
+
+_CONTENT_422 = (
+    "Invalid request, or a file whose content the schema cannot describe is unusable: "
+    "not decodable audio (`invalid_audio`), empty (`empty_upload`), longer than the service "
+    "accepts (`audio_too_long`), or JSON that is not a transcript/diarization "
+    "(`invalid_request`)."
+)
+
+
+def _document_content_checks(responses: dict[str, Any]) -> None:
+    """Uploads are ``format: binary`` in the schema, yet must hold audio (or JSON): say
+    that such a schema-valid file can still get a 422 (/v1 says so in its own 400)."""
+    if "422" in responses:
+        responses["422"]["description"] = _CONTENT_422

@@ -18,10 +18,17 @@ from common.schemas import AlignOptions, AsrOptions, ComputeType, InterpolateMet
 
 def asr_options(
     model: Annotated[
-        str | None, Query(description="Whisper model; one the ASR deployment serves.")
+        str | None,
+        Query(max_length=200, description="Whisper model; one the ASR deployment serves."),
     ] = None,
     language: Annotated[
-        str | None, Query(description="Language code (`en`, `de`, …); unset = detect.")
+        str | None,
+        Query(
+            min_length=2,
+            max_length=8,
+            pattern=r"^[a-zA-Z-]+$",
+            description="Language code (`en`, `de`, …); unset = detect.",
+        ),
     ] = None,
     task: Annotated[
         Literal["transcribe", "translate"],
@@ -103,7 +110,8 @@ def asr_options(
 
 def align_options(
     align_model: Annotated[
-        str | None, Query(description="wav2vec2 aligner; one the alignment deployment serves.")
+        str | None,
+        Query(max_length=200, description="wav2vec2 aligner; one the alignment deployment serves."),
     ] = None,
     interpolate_method: Annotated[
         InterpolateMethod, Query(description="How words without a timing get one.")

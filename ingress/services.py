@@ -12,6 +12,7 @@ from common.config import IngressConfig
 from common.schemas import TaskSnapshot, TaskStatus
 from common.settings import Settings
 from deployments.progress_state import Event
+from ingress.catalog import AsrCatalog
 from storage.db import Database
 
 
@@ -55,6 +56,8 @@ class IngressServices:
     ws_wait_seconds: float = 20.0
     events: EventStreamReader | None = None
     """Redis event reader when ``redis_url`` is set; the tracker actor is the fallback."""
+    asr_catalog: AsrCatalog | None = None
+    """The models (and their languages) the ASR deployment serves; ``None``: not checked."""
 
 
 def get_services(request: Request) -> IngressServices:

@@ -14,7 +14,9 @@ from typing import Any
 
 from fastapi import Request, UploadFile
 
+from common import metrics
 from common.errors import UploadTooLargeError
+from common.logs import current_request_id
 from common.schemas import TaskAccepted, TaskParams, TaskStatus, TaskType
 from ingress.auth import Caller, caller_of, refused
 from ingress.services import IngressServices
@@ -39,6 +41,13 @@ def check_declared_size(headers: Any, limit: int) -> None:
         )
 
 
+def check_params(services: IngressServices, params: TaskParams) -> None:
+    """422 now for what the deployments could not do (an unknown model, a language the
+    model lacks), instead of a task that fails later."""
+    if services.asr_catalog is not None:
+        services.asr_catalog.check(params.asr)
+
+
 async def accept_task(
     services: IngressServices,
     *,
@@ -57,6 +66,9 @@ async def accept_task(
     or 503 otherwise, and the stored upload is removed). ``caller=None`` is the Ray-native
     DeploymentHandle path: no owner, no limits.
     """
+    check_params(services, params)
+    if (request_id := current_request_id()) is not None:  # carried into the task's logs
+        inputs = {**(inputs or {}), "request_id": request_id}
     try:
         await asyncio.to_thread(
             repository.create_task,
@@ -76,6 +88,7 @@ async def accept_task(
             await asyncio.to_thread(audio_path.unlink, missing_ok=True)
         raise refused(exc.refusal) from None
     services.runner.notify()
+    metrics.record_submitted(task_type.value)
     logger.info("task %s queued (%s)", task_id, task_type.value, extra={"task_id": task_id})
     return TaskAccepted(
         identifier=task_id,
@@ -96,12 +109,15 @@ async def accept_upload(
     inputs: dict[str, Any] | None = None,
 ) -> TaskAccepted:
     """Store an uploaded file under the upload directory, probe it, and queue its task."""
+    check_params(services, params)
     limit = services.config.max_upload_bytes
     check_declared_size(request.headers, limit)
     caller = caller_of(request)
     task_id = new_task_id()
     path = storage_path(services.settings.upload_dir(), task_id, file.filename)
-    duration = await save_upload(file.file, path, limit)
+    duration = await save_upload(
+        file.file, path, limit, max_seconds=services.config.max_audio_seconds
+    )
     return await accept_task(
         services,
         task_id=task_id,

@@ -12,7 +12,12 @@ import unicodedata
 from pathlib import Path
 from typing import BinaryIO
 
-from common.errors import EmptyUploadError, InvalidAudioError, UploadTooLargeError
+from common.errors import (
+    AudioTooLongError,
+    EmptyUploadError,
+    InvalidAudioError,
+    UploadTooLargeError,
+)
 from deployments.audio import probe_audio
 
 CHUNK = 1024 * 1024
@@ -53,14 +58,19 @@ def copy_limited(src: BinaryIO, dest: Path, max_bytes: int) -> int:
     return written
 
 
-async def save_upload(src: BinaryIO, dest: Path, max_bytes: int) -> float | None:
+async def save_upload(
+    src: BinaryIO, dest: Path, max_bytes: int, *, max_seconds: float | None = None
+) -> float | None:
     """Store and probe an upload; returns its duration in seconds when the container says."""
     size = await asyncio.to_thread(copy_limited, src, dest, max_bytes)
-    return await probe_stored(dest, size)
+    return await probe_stored(dest, size, max_seconds=max_seconds)
 
 
-async def probe_stored(dest: Path, size: int, *, source: str = "uploaded") -> float | None:
-    """Probe audio already stored at ``dest`` (``size`` bytes); delete it unless it is audio.
+async def probe_stored(
+    dest: Path, size: int, *, source: str = "uploaded", max_seconds: float | None = None
+) -> float | None:
+    """Probe audio already stored at ``dest`` (``size`` bytes); delete it unless it is audio
+    of at most ``max_seconds`` (as its container declares).
 
     Returns its duration in seconds when the container says.
     """
@@ -72,4 +82,11 @@ async def probe_stored(dest: Path, size: int, *, source: str = "uploaded") -> fl
     except InvalidAudioError:
         dest.unlink(missing_ok=True)
         raise
+    if max_seconds is not None and duration > max_seconds:
+        dest.unlink(missing_ok=True)
+        raise AudioTooLongError(
+            f"The {source} audio is {duration:.0f} s long; this service accepts at most "
+            f"{max_seconds:.0f} s.",
+            f"audio duration {duration:.1f}s > max_audio_seconds={max_seconds:g}",
+        )
     return duration if duration and duration > 0 else None

@@ -12,32 +12,70 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Annotated
 
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect, status
 
+from common import metrics
 from common.errors import TaskNotFoundError
 from common.schemas import TaskSnapshot
 from deployments.progress_state import Event
-from ingress.auth import caller_of, visible_task, ws_subprotocol
+from ingress.auth import Caller, caller_of, visible_task, ws_subprotocol
 from ingress.services import IngressServices
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
 
 CLOSE_TASK_NOT_FOUND = 4404
+CLOSE_BAD_REQUEST = 4400
 CLOSE_TRACKER_UNAVAILABLE = 1011
+TASK_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+"""Task ids are uuid hex (``new_task_id``); anything outside this is refused before lookup."""
+MAX_SEQ = 2**53
+"""Far above any real task's event count; larger ``after_seq`` values are refused."""
+
+
+def _bad_request(task_id: str, after_seq: str | None) -> str | None:
+    """Why this handshake is refused (a close reason, at most 123 bytes), or ``None``."""
+    if not TASK_ID.match(task_id):
+        return "invalid task id"
+    if after_seq is not None and not (
+        after_seq.isascii() and after_seq.isdigit() and int(after_seq[:20]) <= MAX_SEQ
+    ):
+        return f"after_seq must be an integer 0..{MAX_SEQ}"
+    return None
 
 
 @router.websocket("/ws/tasks/{task_id}")
 async def task_events(
     websocket: WebSocket,
     task_id: str,
-    after_seq: Annotated[int | None, Query(ge=0, description="Resume after this seq.")] = None,
+    after_seq: Annotated[
+        str | None, Query(description="Resume after this seq (an integer 0..2^53).")
+    ] = None,
 ) -> None:
     services: IngressServices = websocket.app.state.services
     caller = caller_of(websocket)  # the middleware closed with 4401 if there was no key
     await websocket.accept(subprotocol=ws_subprotocol(websocket.scope))
+    metrics.websocket_opened()
+    try:
+        await _serve(websocket, services, task_id, after_seq, caller)
+    finally:
+        metrics.websocket_closed()
+
+
+async def _serve(
+    websocket: WebSocket,
+    services: IngressServices,
+    task_id: str,
+    after_seq: str | None,
+    caller: Caller,
+) -> None:
+    refused = _bad_request(task_id, after_seq)
+    if refused is not None:
+        await websocket.close(CLOSE_BAD_REQUEST, refused)
+        return
     if caller.owner_scope is not None:  # another key's task is "not found", like an unknown one
         try:
             await visible_task(services.db, caller, task_id)
@@ -56,9 +94,14 @@ async def task_events(
         await websocket.close(CLOSE_TASK_NOT_FOUND, "task not found")
         return
     await websocket.send_text(snap.model_dump_json())
+    cursor = _start_cursor(snap, int(after_seq) if after_seq is not None else None)
+    if snap.status.terminal and cursor >= snap.seq:
+        # The client has seen the terminal event already: nothing more will come.
+        await websocket.close(status.WS_1000_NORMAL_CLOSURE, snap.status.value)
+        return
     feed = EventFeed(services, task_id, known_seq=snap.seq)
     try:
-        await _stream(websocket, feed, _start_cursor(snap, after_seq))
+        await _stream(websocket, feed, cursor)
     except WebSocketDisconnect:
         logger.debug("websocket client left", extra={"task_id": task_id})
 
@@ -103,14 +146,32 @@ class EventFeed:
             logger.debug("tracker check failed; staying on Redis", exc_info=True)
             return []
 
+    async def ended(self, cursor: int) -> bool:
+        """True when the task is over and ``cursor`` is at or past its last event."""
+        try:
+            snap = await self._services.progress.snapshot(self._task_id)
+        except Exception:  # the tracker is away: keep streaming; the next wait is bounded
+            logger.debug("tracker snapshot failed", exc_info=True)
+            return False
+        return snap is None or (snap.status.terminal and cursor >= snap.seq)
+
     def _seen(self, events: list[Event] | None) -> list[Event] | None:
         if events:
             self._known = max(self._known, events[-1].seq)
         return events
 
 
+async def _until_disconnect(websocket: WebSocket) -> None:
+    """Read (and drop) whatever the client sends until it leaves: this endpoint takes no
+    client messages, and a frame from the client must not end the stream abruptly."""
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+
+
 async def _stream(websocket: WebSocket, feed: EventFeed, cursor: int) -> None:
-    disconnected = asyncio.ensure_future(websocket.receive())
+    disconnected = asyncio.ensure_future(_until_disconnect(websocket))
     try:
         while True:
             fetch = asyncio.ensure_future(feed.after(cursor))
@@ -121,6 +182,11 @@ async def _stream(websocket: WebSocket, feed: EventFeed, cursor: int) -> None:
             events = fetch.result()
             if events is None:
                 await websocket.close(CLOSE_TASK_NOT_FOUND, "task not found")
+                return
+            if not events and await feed.ended(cursor):
+                # Nothing new and nothing to come (the terminal event is at or before the
+                # cursor): close instead of asking again at once, for ever.
+                await websocket.close(status.WS_1000_NORMAL_CLOSURE, "task ended")
                 return
             for event in events:
                 if event.seq <= cursor:

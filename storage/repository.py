@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -258,6 +258,21 @@ def _finish(
     if seq is not None:
         values["progress_seq"] = _at_least_seq(db, seq)
     return _update(db, task_id, TaskRow.status.not_in(_TERMINAL), **values)
+
+
+def queue_stats(db: Database) -> tuple[int, datetime | None]:
+    """How many tasks are queued, and when the oldest of them was created."""
+    with db.session() as session:
+        count, oldest = session.execute(
+            select(func.count(), func.min(TaskRow.created_at)).where(
+                TaskRow.status == TaskStatus.queued.value
+            )
+        ).one()
+        if isinstance(oldest, str):  # SQLite's min() of a typed column comes back as text
+            oldest = datetime.fromisoformat(oldest)
+        if oldest is not None and oldest.tzinfo is None:
+            oldest = oldest.replace(tzinfo=UTC)
+        return int(count or 0), oldest
 
 
 def queue_position(db: Database, *, task_id: str) -> int | None:

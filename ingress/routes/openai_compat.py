@@ -228,7 +228,11 @@ async def create_transcription(
     file: FileField,
     model: ModelField = "whisper-1",
     language: Annotated[
-        str | None, Form(description="ISO-639-1 code of the audio's language; unset = detect.")
+        str | None,
+        Form(
+            pattern=r"^([a-zA-Z-]{2,8})?$",
+            description="ISO-639-1 code of the audio's language; unset = detect.",
+        ),
     ] = None,
     prompt: PromptField = None,
     response_format: FormatField = "json",

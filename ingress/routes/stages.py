@@ -9,8 +9,10 @@ malformed file is a 422 before anything is queued.
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, Depends, File, Request, UploadFile
 from pydantic import BaseModel, ValidationError
 
@@ -25,6 +27,7 @@ from common.schemas import (
 )
 from ingress.auth import CallerDep
 from ingress.errors import error_responses
+from ingress.limits import MAX_JSON_BYTES
 from ingress.params import (
     CallbackUrl,
     SpeakerOptions,
@@ -38,7 +41,14 @@ from ingress.uploads import display_name
 
 router = APIRouter(prefix="/service", tags=["Services"])
 
-MAX_JSON_BYTES = 32 * 1024 * 1024
+MAX_JSON_DEPTH = 64
+"""Nesting of arrays and objects; a transcript record needs about 8."""
+MAX_NUMBER_DIGITS = 64
+"""Digits in a row in one JSON number; timestamps and scores need far fewer."""
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_LONG_NUMBER = re.compile(rb"[0-9]{%d,}" % (MAX_NUMBER_DIGITS + 1))
+_OPEN = np.frombuffer(b"[{", dtype=np.uint8)
+_CLOSE = np.frombuffer(b"]}", dtype=np.uint8)
 _ACCEPTED = "Queues the task and answers at once; follow it like any other task."
 AsrDep = Annotated[AsrOptions, Depends(asr_options)]
 AlignDep = Annotated[AlignOptions, Depends(align_options)]
@@ -55,12 +65,31 @@ async def _read_json(upload: UploadFile, what: str) -> Any:
             f"The {what} file is larger than {MAX_JSON_BYTES} bytes.",
             f"{what} JSON exceeds {MAX_JSON_BYTES} bytes",
         )
+    _check_json_shape(raw, what)
     try:
         return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise InvalidRequestError(
             f"The {what} file is not valid JSON.", f"{what}: {type(exc).__name__}: {exc}"
         ) from None
+
+
+def _check_json_shape(raw: bytes, what: str) -> None:
+    """Refuse deep nesting and huge numbers before the parser sees them (a parser's
+    recursion limit or Python's int-digits limit would otherwise answer 500)."""
+    bare = _STRING.sub(b'""', raw)  # brackets and digits inside strings do not count
+    if _LONG_NUMBER.search(bare):
+        raise InvalidRequestError(
+            f"The {what} file has a number with more than {MAX_NUMBER_DIGITS} digits.",
+            f"{what}: number longer than {MAX_NUMBER_DIGITS} digits",
+        )
+    data = np.frombuffer(bare, dtype=np.uint8)
+    step = np.isin(data, _OPEN).astype(np.int32) - np.isin(data, _CLOSE).astype(np.int32)
+    if step.size and int(np.cumsum(step).max()) > MAX_JSON_DEPTH:
+        raise InvalidRequestError(
+            f"The {what} file is nested deeper than {MAX_JSON_DEPTH} levels.",
+            f"{what}: JSON nesting deeper than {MAX_JSON_DEPTH}",
+        )
 
 
 def _validated(model: type[BaseModel], data: Any, what: str) -> Any:

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
+from pydantic import BeforeValidator
 
+from common import metrics
 from common.schemas import (
     TaskAccepted,
     TaskDeleted,
@@ -54,6 +56,18 @@ async def speech_to_text(
     )
 
 
+def _iso_only(value: object) -> object:
+    """ISO 8601 only: pydantic would take a bare number (``0.5``) as a Unix time."""
+    if isinstance(value, int | float) or (
+        isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1).isdigit()
+    ):
+        raise ValueError("expected an ISO 8601 date-time, not a number")
+    return value
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_only)]
+
+
 @router.get(
     "/task/all",
     response_model=TaskPage,
@@ -67,10 +81,10 @@ async def list_tasks(
     status: Annotated[TaskStatus | None, Query(description="Only tasks in this status.")] = None,
     task_type: Annotated[TaskType | None, Query(description="Only tasks of this type.")] = None,
     created_after: Annotated[
-        datetime | None, Query(description="Created at or after (ISO 8601).")
+        IsoDateTime | None, Query(description="Created at or after (ISO 8601).")
     ] = None,
     created_before: Annotated[
-        datetime | None, Query(description="Created before (ISO 8601).")
+        IsoDateTime | None, Query(description="Created before (ISO 8601).")
     ] = None,
     sort: Annotated[
         Literal["newest", "oldest"], Query(description="Order by creation time.")
@@ -94,7 +108,7 @@ async def list_tasks(
         newest_first=sort == "newest",
     )
     return TaskPage(
-        tasks=[row.to_public() for row in rows], total=total, limit=limit, offset=offset
+        tasks=[row.to_public().redacted() for row in rows], total=total, limit=limit, offset=offset
     )
 
 
@@ -111,7 +125,7 @@ def _aware(value: datetime | None) -> datetime | None:
     responses=error_responses(404),
 )
 async def get_task(identifier: str, services: ServicesDep, caller: CallerDep) -> TaskPublic:
-    return (await visible_task(services.db, caller, identifier)).to_public()
+    return (await visible_task(services.db, caller, identifier)).to_public().redacted()
 
 
 @router.post(
@@ -133,6 +147,7 @@ async def cancel_task(identifier: str, services: ServicesDep, caller: CallerDep)
         raise task_not_found(identifier)
     if before.status == TaskStatus.queued.value and status is TaskStatus.cancelled:
         services.runner.task_ended(identifier)  # no runner had it: the runner sends the callback
+        metrics.record_finished(before.task_type, TaskStatus.cancelled.value)
     return await get_task_progress(identifier, services, caller)
 
 

@@ -19,7 +19,7 @@ from ingress.auth import CallerDep
 from ingress.errors import error_responses
 from ingress.params import SpeechParams
 from ingress.services import ServicesDep
-from ingress.submit import accept_task, new_task_id
+from ingress.submit import accept_task, check_params, new_task_id
 from ingress.uploads import display_name, probe_stored, storage_path
 
 router = APIRouter()
@@ -72,6 +72,7 @@ async def speech_to_text_url(
         ),
     ],
 ) -> TaskAccepted:
+    check_params(services, params)  # before the download, not after
     task_id = new_task_id()
     file_name = url_file_name(url)
     path = storage_path(services.settings.upload_dir(), task_id, file_name)
@@ -81,7 +82,9 @@ async def speech_to_text_url(
         limits=download_limits(services.config),
         allow_networks=services.settings.url_fetch_allow_networks,
     )
-    duration = await probe_stored(path, fetched.size, source="downloaded")
+    duration = await probe_stored(
+        path, fetched.size, source="downloaded", max_seconds=services.config.max_audio_seconds
+    )
     return await accept_task(
         services,
         task_id=task_id,

@@ -26,6 +26,10 @@ PG_BASE = os.environ.get(
 )
 APP = "whisperx-it"
 QUEUE_BOUND = 1_500
+DB_PASSWORD_MARKER = "MARKERdbpass7f3a"
+HF_TOKEN_MARKER = "MARKERhf9c2e"
+"""Recognisable secrets the service is given; no response, event, log line or task record
+may show them (tests/integration/test_observability.py scans for them)."""
 
 
 @dataclass
@@ -80,13 +84,20 @@ def service(
 ) -> Iterator[Service]:
     import ray
     from ray import serve
+    from starlette.middleware import Middleware
 
+    from common.config import IngressConfig
     from ingress.builder import build_app
+    from ingress.limits import RequestLimitsMiddleware
 
     data_dir = tmp_path_factory.mktemp("data")
     env = {
         "WHISPERX_SERVE_DATA_DIR": str(data_dir),
-        "WHISPERX_SERVE_DATABASE_URL": database_url,
+        # a password in the URL (the local PostgreSQL trusts, so it still connects)
+        "WHISPERX_SERVE_DATABASE_URL": database_url.replace(
+            "postgres@", f"postgres:{DB_PASSWORD_MARKER}@", 1
+        ),
+        "WHISPERX_SERVE_HF_TOKEN": f"hf_{HF_TOKEN_MARKER}0123456789abcdef",
         "PYANNOTE_METRICS_ENABLED": "0",
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
@@ -120,16 +131,36 @@ def service(
             "resources": {"num_cpus": 0.25},
         },
         "runner": {"max_concurrent_tasks": 2, "lease_seconds": 8, "poll_interval_seconds": 1},
-        # Above test_backpressure's burst of 1,000; test_auth fills the queue past it.
-        "ingress": {"max_queued_tasks": QUEUE_BOUND, "overload_retry_after_seconds": 2},
+        # The queue bound sits above test_backpressure's burst of 1,000 (test_auth fills the
+        # queue past it); the upload limit is small enough that the hostile-input tests can
+        # pass it quickly.
+        "ingress": {
+            "max_queued_tasks": QUEUE_BOUND,
+            "overload_retry_after_seconds": 2,
+            "max_upload_bytes": 16 * 1024 * 1024,
+            "body_idle_timeout_seconds": 5,
+        },
     }
     # Workers get the settings through runtime_env; this process's environment stays
     # untouched so later tests (unit tier) never see the integration database.
     ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env})
     try:  # a failed start must not leave a half-started Ray to the tests after it
         port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(args), name=APP, route_prefix="/")
+        # the request limits in Serve's proxy too (ingress/limits.py), as in production
+        serve.start(
+            http_options={
+                "host": "127.0.0.1",
+                "port": port,
+                "middlewares": [
+                    Middleware(
+                        RequestLimitsMiddleware,
+                        config=IngressConfig.model_validate(args["ingress"]),
+                    )
+                ],
+            }
+        )
+        # JSON logs, as serve_config.yaml has them in production
+        serve.run(build_app(args), name=APP, route_prefix="/", logging_config={"encoding": "JSON"})
         base = f"http://127.0.0.1:{port}"
         wait_until(
             lambda: httpx.get(f"{base}/health/ready", timeout=5).status_code == 200,

@@ -18,6 +18,7 @@ from common.config import IngressConfig
 from common.netguard import parse_networks
 from ingress.app import create_app
 from ingress.services import IngressServices
+from storage import repository
 from tests.fakes import make_ingress_services
 from tests.local_http import LocalHTTPServer, Route, reply
 
@@ -216,12 +217,16 @@ async def test_bad_callback_url_is_refused_at_submission(
     assert media.requests == [] and services.runner.count == 0  # type: ignore[attr-defined]
 
 
-async def test_good_callback_url_is_kept(client: httpx.AsyncClient, media: LocalHTTPServer) -> None:
-    hook = "https://hooks.example.com/whisperx?key=1"
+async def test_good_callback_url_is_kept(
+    client: httpx.AsyncClient, services: IngressServices, media: LocalHTTPServer
+) -> None:
+    hook = "https://hooks.example.com/whisperx?key=1&n=2"
     r = await submit_url(client, media.url("/media/jfk.flac"), callback_url=hook)
     assert r.status_code == 200, r.text
     task = (await client.get(f"/task/{r.json()['identifier']}")).json()
-    assert task["params"]["callback_url"] == hook
+    assert task["params"]["callback_url"] == "https://hooks.example.com/whisperx?key=***&n=2"
+    row = repository.get_task(services.db, task_id=r.json()["identifier"])
+    assert row is not None and row.to_public().params.callback_url == hook  # delivered as given
 
 
 async def test_openapi_documents_the_route(client: httpx.AsyncClient) -> None:

@@ -228,7 +228,7 @@ async def test_validation_errors_come_back_in_openai_shape(
     cases = [
         ({"response_format": "docx"}, audio, "response_format"),
         ({"temperature": "7"}, audio, "temperature"),
-        ({"language": "not a language!"}, audio, None),
+        ({"language": "not a language!"}, audio, "language"),  # documented: a pattern
         ({"response_format": "json", "timestamp_granularities[]": "word"}, audio, None),
         ({"model": "whisper-1"}, None, "file"),
     ]

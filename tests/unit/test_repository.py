@@ -380,3 +380,14 @@ def test_graceful_release_gives_the_attempt_back(db: Database) -> None:
     assert row is not None and (row.status, row.attempts, row.claimed_by) == ("queued", 0, None)
     (again,) = repo.claim_tasks(db, worker_id="b", limit=1, lease_seconds=60)
     assert again.attempts == 1
+
+
+def test_queue_stats_counts_queued_tasks_and_the_oldest(db: Database) -> None:
+    assert repo.queue_stats(db) == (0, None)
+    _new(db, "q1")
+    _new(db, "q2")
+    _new(db, "q3")
+    repo.claim_tasks(db, worker_id="w", limit=1, lease_seconds=30)  # one leaves the queue
+    depth, oldest = repo.queue_stats(db)
+    assert depth == 2 and oldest is not None and oldest.tzinfo is not None
+    assert timedelta(0) <= datetime.now(UTC) - oldest < timedelta(minutes=1)
