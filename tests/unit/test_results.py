@@ -109,7 +109,11 @@ async def test_failed_task_is_409_naming_its_status(
         ("srt", "application/x-subrip", "00:00:01,200 --> 00:00:02,000\n[SPEAKER_01]: Hi!"),
         ("vtt", "text/vtt", "WEBVTT\n\n00:00.000 --> 00:01.000\n[SPEAKER_00]: Hello."),
         ("txt", "text/plain", "[SPEAKER_00]: Hello.\n[SPEAKER_01]: Hi!\n"),
-        ("tsv", "text/tab-separated-values", "start\tend\ttext\n0\t1000\tHello.\n1200\t2000\tHi!"),
+        (
+            "tsv",
+            "text/tab-separated-values",
+            "start\tend\ttext\tspeaker\n0\t1000\tHello.\tSPEAKER_00\n1200\t2000\tHi!\tSPEAKER_01",
+        ),
     ],
 )
 async def test_each_text_format_downloads_as_attachment(
