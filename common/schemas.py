@@ -192,9 +192,7 @@ class SpeakerTurn(BaseModel):
 
 
 WordTimestampMethod = Literal["wav2vec2", "whisper"]
-WarningCode = Literal[
-    "repetition_redecoded", "repetition_cut", "repetition_kept", "no_aligner"
-]
+WarningCode = Literal["repetition_redecoded", "repetition_cut", "repetition_kept", "no_aligner"]
 
 
 class TranscriptWarning(BaseModel):

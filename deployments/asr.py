@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from common.asr_models import resolve_model_path
 from common.config import AsrConfig
 from common.errors import (
     ConfigurationError,
@@ -53,6 +54,8 @@ from deployments.repetition import cut_loop, find_loop, too_dense
 from deployments.reporting import run_stoppable, stage_reporter
 from deployments.word_times import repair_word_times
 
+__all__ = ["AsrDeployment", "AsrEngine", "check_device", "resolve_model_path"]
+
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[float], None]
@@ -60,13 +63,6 @@ Progress = Callable[[float], None]
 _MAX_WINDOW_SAMPLES = 30 * SAMPLE_RATE  # Whisper's encoder window
 _FALLBACK_SEED = 0  # sampling in the fallback decode is reproducible
 _TRANSCRIBE_SHARE = 90.0  # of the stage's 0-100 when word timestamps follow
-
-
-def resolve_model_path(name: str, models_dir: Path | None) -> str:
-    """A local folder (relative names tried under ``models_dir`` first) or the name as given."""
-    if models_dir is not None and not Path(name).is_absolute() and (models_dir / name).exists():
-        return str((models_dir / name).resolve())
-    return str(Path(name).resolve()) if Path(name).exists() else name
 
 
 def check_device(device: str, stage: str) -> None:

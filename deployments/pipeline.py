@@ -30,6 +30,8 @@ from common.schemas import (
     TaskType,
     Timings,
     Transcript,
+    TranscriptWarning,
+    WarningCode,
 )
 from deployments.clients import AlignClient, AsrClient, DiarizeClient, ProgressSink
 
@@ -39,6 +41,7 @@ Decoder = Callable[[Path], np.ndarray]
 DurationSink = Callable[[str, float], Awaitable[None]]
 CancelCheck = Callable[[str], Awaitable[bool]]
 SAMPLE_RATE = 16_000
+_NO_ALIGNER = "No wav2vec2 aligner for '{language}': word times from Whisper"
 
 
 class TaskCancelled(Exception):
@@ -172,13 +175,11 @@ class TaskPipeline:
                     AlignRequest(task_id=task_id, transcript=transcript, options=params.alignment),
                 )
             else:
-                await self._progress.enter_stage(
-                    task_id,
-                    TaskProgressStage.aligning,
-                    f"No wav2vec2 aligner for '{transcript.language}': word times from Whisper",
-                )
+                message = _NO_ALIGNER.format(language=transcript.language)
+                await self._progress.enter_stage(task_id, TaskProgressStage.aligning, message)
                 if transcript.word_timestamps is None:
                     transcript = await self._asr.add_word_timestamps(audio, transcript, params.asr)
+                transcript = _warn(transcript, "no_aligner", message)
             timings.aligning = round(time.perf_counter() - t0, 3)
 
         if params.diarize:
@@ -230,6 +231,8 @@ class TaskPipeline:
             )
         else:
             transcript = await self._asr.add_word_timestamps(audio, transcript, task.params.asr)
+            message = _NO_ALIGNER.format(language=language)
+            transcript = _warn(transcript, "no_aligner", message)
         timings.aligning = round(time.perf_counter() - t0, 3)
         return transcript
 
@@ -240,6 +243,11 @@ class TaskPipeline:
             SpeakerTurn.model_validate(t) for t in (task.inputs or {}).get("speaker_turns", [])
         ]
         return await self._diarize.assign(transcript, turns)
+
+
+def _warn(transcript: Transcript, code: WarningCode, message: str) -> Transcript:
+    warning = TranscriptWarning(code=code, message=message)
+    return transcript.model_copy(update={"warnings": [*transcript.warnings, warning]})
 
 
 def _given_transcript(task: TaskInput) -> Transcript:

@@ -179,6 +179,9 @@ async def test_no_aligner_uses_whisper_words_in_one_asr_pass() -> None:
         c[2] for c in progress.calls if c[0] == "stage" and c[1] is TaskProgressStage.aligning
     ]
     assert stage_msgs and "Whisper" in stage_msgs[0]
+    assert [(w.code, w.message) for w in progress.result.warnings] == [
+        ("no_aligner", stage_msgs[0])
+    ]
 
 
 async def test_detected_language_without_aligner_adds_words_after() -> None:
