@@ -76,6 +76,7 @@ class TaskPipeline:
         progress: ProgressSink,
         decode: Decoder,
         default_language: str | None = None,
+        model_languages: dict[str, str | None] | None = None,
         record_duration: DurationSink | None = None,
         cancel_requested: CancelCheck | None = None,
     ) -> None:
@@ -83,6 +84,7 @@ class TaskPipeline:
         self._progress = progress
         self._decode = decode
         self._default_language = default_language
+        self._model_languages = model_languages or {}
         self._record_duration = record_duration
         self._cancel_requested = cancel_requested
 
@@ -127,6 +129,16 @@ class TaskPipeline:
             )
             return TaskOutcome(TaskStatus.failed, duration, error)
 
+    def _fixed_language(self, model: str | None) -> str | None:
+        """The language a model always transcribes (``asr.language``, or English for an
+        English-only model), known before ASR runs; None when it detects per file.
+
+        ``model_languages`` covers the models a request may name besides the default: a
+        multilingual one must not inherit English from an English-only default."""
+        if model is not None and model in self._model_languages:
+            return self._model_languages[model]
+        return self._default_language
+
     async def _is_cancelled(self, task: TaskInput) -> bool:
         if self._cancel_requested is None:
             return False
@@ -151,7 +163,7 @@ class TaskPipeline:
             return await self._diarize_stage(task, audio, None, timings, enter=False)
 
         params, task_id = task.params, task.task_id
-        language = params.asr.language or self._default_language
+        language = params.asr.language or self._fixed_language(params.asr.model)
         can_align: bool | None = None
         if params.align and language:
             can_align = await self._align.supports(language)
@@ -220,7 +232,7 @@ class TaskPipeline:
         word timings when no aligner serves its language (the result says which)."""
         transcript = _given_transcript(task)
         t0 = time.perf_counter()
-        language = transcript.language or self._default_language or "en"
+        language = transcript.language or self._fixed_language(task.params.asr.model) or "en"
         transcript = transcript.model_copy(update={"language": language})
         if await self._align.supports(language):
             transcript = await self._align.align(

@@ -18,6 +18,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from tests.conftest import REPO
 from tests.ports import free_port
 from tests.waiting import wait_until
 
@@ -25,6 +26,8 @@ PG_BASE = os.environ.get(
     "WHISPERX_SERVE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 APP = "whisperx-it"
+BASE_MODEL = REPO / "models" / "whisper-base"
+"""The optional multilingual Whisper base (``make models`` / scripts/fetch_models.py)."""
 
 
 @dataclass
@@ -101,6 +104,8 @@ def service(
         "models_dir": str(models_dir),
         "asr": {
             "model": "asr/faster-whisper-tiny.en",
+            # loaded on its first request (tests/integration/test_multilingual.py)
+            "models": {"base": str(BASE_MODEL)} if BASE_MODEL.is_dir() else {},
             "compute_type": "int8",
             "batch_size": 4,
             "local_files_only": True,
