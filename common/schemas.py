@@ -166,6 +166,8 @@ class Char(BaseModel):
 
 
 class Segment(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)  # field docs in the OpenAPI
+
     start: float
     end: float
     text: str
@@ -198,6 +200,8 @@ WarningCode = Literal["repetition_redecoded", "repetition_cut", "repetition_kept
 class TranscriptWarning(BaseModel):
     """Something the service changed or could not do, with where it happened (seconds)."""
 
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     code: WarningCode
     """``repetition_*``: Whisper repeated itself in the window ``start``-``end`` (see
     ``Segment.repetition``); ``no_aligner``: no wav2vec2 aligner for the language, so the
@@ -214,6 +218,8 @@ class Transcript(BaseModel):
     (``alignment_model`` names the model), ``whisper`` cross-attention timing from the ASR
     model itself, or ``None`` when the transcript has segment times only.
     """
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
 
     language: str | None = None
     segments: list[Segment] = []

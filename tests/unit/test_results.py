@@ -166,3 +166,16 @@ async def test_openapi_documents_every_result_media_type(client: httpx.AsyncClie
     content = op["responses"]["200"]["content"]
     assert set(content) == {f.media_type.split(";")[0] for f in ResultFormat}
     assert {"404", "409", "422"} <= set(op["responses"])
+
+
+async def test_openapi_documents_repetition_and_warnings(client: httpx.AsyncClient) -> None:
+    schemas = (await client.get("/openapi.json")).json()["components"]["schemas"]
+    repetition = schemas["Segment"]["properties"]["repetition"]
+    assert {"redecoded", "cut", "kept"} <= set(repetition["anyOf"][0]["enum"])
+    assert "repeated itself" in repetition["description"]
+    warning = schemas["TranscriptWarning"]
+    assert {"code", "message", "start", "end"} <= set(warning["properties"])
+    assert "no_aligner" in warning["properties"]["code"]["enum"]
+    assert schemas["Transcript"]["properties"]["warnings"]["items"]["$ref"].endswith(
+        "/TranscriptWarning"
+    )
