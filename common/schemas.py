@@ -166,6 +166,8 @@ class Char(BaseModel):
 
 
 class Segment(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)  # field docs in the OpenAPI
+
     start: float
     end: float
     text: str
@@ -174,6 +176,15 @@ class Segment(BaseModel):
     chars: list[Char] | None = None
     """Per-character alignment, when ``return_char_alignments`` was asked for."""
     avg_logprob: float | None = None
+    repetition: RepetitionFix | None = None
+    """Set when Whisper's text for this window repeated itself: ``redecoded`` (a second,
+    different decode gave clean text, which replaced it), ``cut`` (it looped again, with
+    more words than the audio holds: the repeats were dropped) or ``kept`` (it repeated
+    again but fits the audio, so it is likely what was said). ``Transcript.warnings`` says
+    the same, with the repetition found."""
+
+
+RepetitionFix = Literal["redecoded", "cut", "kept"]
 
 
 class SpeakerTurn(BaseModel):
@@ -183,6 +194,21 @@ class SpeakerTurn(BaseModel):
 
 
 WordTimestampMethod = Literal["wav2vec2", "whisper"]
+WarningCode = Literal["repetition_redecoded", "repetition_cut", "repetition_kept", "no_aligner"]
+
+
+class TranscriptWarning(BaseModel):
+    """Something the service changed or could not do, with where it happened (seconds)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    code: WarningCode
+    """``repetition_*``: Whisper repeated itself in the window ``start``-``end`` (see
+    ``Segment.repetition``); ``no_aligner``: no wav2vec2 aligner for the language, so the
+    word times are Whisper's own."""
+    message: str
+    start: float | None = None
+    end: float | None = None
 
 
 class Transcript(BaseModel):
@@ -193,12 +219,16 @@ class Transcript(BaseModel):
     model itself, or ``None`` when the transcript has segment times only.
     """
 
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     language: str | None = None
     segments: list[Segment] = []
     word_timestamps: WordTimestampMethod | None = None
     alignment_model: str | None = None
     speakers: list[str] = []
     speaker_turns: list[SpeakerTurn] | None = None
+    warnings: list[TranscriptWarning] = []
+    """What the service changed or could not do on the way (e.g. a repetition loop cut)."""
 
     @property
     def text(self) -> str:

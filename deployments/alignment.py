@@ -35,6 +35,7 @@ from common.settings import Settings
 from deployments.asr import check_device, resolve_model_path
 from deployments.audio import SAMPLE_RATE
 from deployments.reporting import run_stoppable, stage_reporter
+from deployments.word_times import repair_word_times
 
 logger = logging.getLogger(__name__)
 
@@ -297,16 +298,21 @@ def _to_segments(original: Segment, aligned: list[dict[str, Any]]) -> list[Segme
         if not words:  # no alignable characters: keep the words, without times
             words = [Word(word=w) for w in text.split()]
         start, end = _num(sub.get("start")), _num(sub.get("end"))
+        start = original.start if start is None else start
+        end = original.end if end is None else end
         chars = sub.get("chars")
         out.append(
             Segment(
-                start=original.start if start is None else start,
-                end=original.end if end is None else end,
+                start=start,
+                end=end,
                 text=text,
                 speaker=original.speaker,
-                words=words,
+                # interpolation gives a word with no alignable character (a number, a
+                # symbol) its neighbour's times: spread them so none is zero-length
+                words=repair_word_times(words, start, end),
                 chars=None if chars is None else [_char(c) for c in chars],
                 avg_logprob=original.avg_logprob,
+                repetition=original.repetition,
             )
         )
     if not out:

@@ -5,8 +5,16 @@ options, VAD thresholds and the tokenizer on the pipeline object, so per-request
 are set and restored around each call under a lock: one transcription at a time per
 engine, and nothing leaks into the next request.
 
-Word timestamps come from Whisper itself (cross-attention DTW over the model's alignment
-heads, as faster-whisper does) and are computed per transcript segment.
+Repetition loops: whisperx's batched decode has no temperature fallback, so each window's
+text is checked (``deployments.repetition``); a repeating window is decoded once more with
+faster-whisper's ``generate_with_fallback`` (without the prompt, or at the next
+temperature), and what still loops past the audio's length is cut. ``Segment.repetition``
+and the transcript's ``warnings`` say what happened.
+
+Word timestamps come from Whisper itself: faster-whisper's own ``add_word_timestamps``
+(cross-attention DTW over the alignment heads, punctuation merging, its boundary
+heuristics) per transcript segment, then ``repair_word_times`` keeps every word inside its
+segment, in order and at least 50 ms long.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from common.asr_models import resolve_model_path
 from common.config import AsrConfig
 from common.errors import (
     ConfigurationError,
@@ -32,25 +41,30 @@ from common.errors import (
     ServiceError,
 )
 from common.logs import configure_service_logging, log_context
-from common.schemas import AsrOptions, AsrRequest, Segment, TaskProgressStage, Transcript, Word
+from common.schemas import (
+    AsrOptions,
+    AsrRequest,
+    Segment,
+    TaskProgressStage,
+    Transcript,
+    TranscriptWarning,
+    Word,
+)
 from common.settings import Settings
 from deployments.audio import SAMPLE_RATE
+from deployments.repetition import cut_loop, find_loop, too_dense
 from deployments.reporting import run_stoppable, stage_reporter
+from deployments.word_times import repair_word_times
+
+__all__ = ["AsrDeployment", "AsrEngine", "check_device", "resolve_model_path"]
 
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[float], None]
 
 _MAX_WINDOW_SAMPLES = 30 * SAMPLE_RATE  # Whisper's encoder window
-_SENTENCE_END = ".\u3002!\uff01?\uff1f"  # as faster-whisper
+_FALLBACK_SEED = 0  # sampling in the fallback decode is reproducible
 _TRANSCRIBE_SHARE = 90.0  # of the stage's 0-100 when word timestamps follow
-
-
-def resolve_model_path(name: str, models_dir: Path | None) -> str:
-    """A local folder (relative names tried under ``models_dir`` first) or the name as given."""
-    if models_dir is not None and not Path(name).is_absolute() and (models_dir / name).exists():
-        return str((models_dir / name).resolve())
-    return str(Path(name).resolve()) if Path(name).exists() else name
 
 
 def check_device(device: str, stage: str) -> None:
@@ -246,6 +260,15 @@ class AsrEngine:
                         chunk_size=opts.chunk_size or self._config.chunk_size,
                         progress_callback=report,
                     )
+                segments = [_segment(item) for item in result["segments"]]
+                warnings: list[TranscriptWarning] = []
+                if self._config.repetition_fallback:
+                    segments, warnings = _fix_repetitions(
+                        audio,
+                        segments,
+                        pipeline,
+                        lambda: self._tokenizer(loaded, result["language"], task),
+                    )
             except ServiceError:
                 raise
             except Exception as exc:
@@ -258,8 +281,9 @@ class AsrEngine:
                     pipeline.suppress_numerals,
                 ) = saved
             elapsed = time.perf_counter() - started
-            segments = [_segment(item) for item in result["segments"]]
-            transcript = Transcript(language=result["language"], segments=segments)
+            transcript = Transcript(
+                language=result["language"], segments=segments, warnings=warnings
+            )
             logger.info(
                 "transcribed %.1f s of audio in %.2f s (RTF %.3f, %d segments, language %s)",
                 duration,
@@ -312,9 +336,11 @@ class AsrEngine:
         started = time.perf_counter()
         segments: list[Segment] = []
         try:
+            last_speech = 0.0
             for index, segment in enumerate(transcript.segments):
-                words = _segment_words(loaded.pipeline, audio, segment, tokenizer)
+                words = _segment_words(loaded.pipeline, audio, segment, tokenizer, last_speech)
                 segments.append(segment.model_copy(update={"words": words}))
+                last_speech = segment.end
                 progress((index + 1) / len(transcript.segments) * 100.0)
         except Exception as exc:
             raise ProcessingError.from_exception(exc, "Word timestamps failed.") from exc
@@ -329,16 +355,27 @@ class AsrEngine:
         )
 
 
-def _segment_words(
-    pipeline: Any, audio: np.ndarray, segment: Segment, tokenizer: Any
-) -> list[Word]:
-    from faster_whisper.audio import pad_or_trim
-    from faster_whisper.transcribe import merge_punctuations
-
-    model, options = pipeline.model, pipeline.options
+def _window(audio: np.ndarray, segment: Segment) -> tuple[int, np.ndarray]:
+    """The segment's samples (first sample index, float32 copy)."""
     first = max(0, round(segment.start * SAMPLE_RATE))
     last = min(audio.shape[0], round(segment.end * SAMPLE_RATE))
-    chunk = np.ascontiguousarray(audio[first:last], dtype=np.float32)
+    return first, np.ascontiguousarray(audio[first:last], dtype=np.float32)
+
+
+def _encode(model: Any, chunk: np.ndarray) -> tuple[Any, int]:
+    """Whisper's encoder output for one window of at most 30 s, and its feature frames."""
+    from faster_whisper.audio import pad_or_trim
+
+    features = model.feature_extractor(chunk)[..., :-1]
+    return model.encode(pad_or_trim(features)), int(features.shape[-1])
+
+
+def _segment_words(
+    pipeline: Any, audio: np.ndarray, segment: Segment, tokenizer: Any, last_speech: float
+) -> list[Word]:
+    """faster-whisper's word timing for the segment's text over the segment's window."""
+    model, options = pipeline.model, pipeline.options
+    first, chunk = _window(audio, segment)
     text = segment.text.strip()
     if chunk.size == 0 or not text:
         return []
@@ -347,37 +384,112 @@ def _segment_words(
             "segment %.2f-%.2f s exceeds 30 s; no word timestamps", segment.start, segment.end
         )
         return []
-    features = model.feature_extractor(chunk)[..., :-1]
-    num_frames = int(features.shape[-1])
-    encoder_output = model.encode(pad_or_trim(features))
+    encoder_output, num_frames = _encode(model, chunk)
+    offset = first / SAMPLE_RATE
     tokens = [t for t in tokenizer.encode(" " + text) if t < tokenizer.eot]
-    alignments = model.find_alignment(tokenizer, [tokens], encoder_output, num_frames)
-    alignment: list[dict[str, Any]] = alignments[0] if alignments else []
-    if not alignment:
-        return []
-    max_duration = _limit_sentence_boundaries(alignment)
-    merge_punctuations(alignment, options.prepend_punctuations, options.append_punctuations)
-    offset, end_bound = first / SAMPLE_RATE, max(segment.end, first / SAMPLE_RATE)
-    words: list[Word] = []
-    for item in alignment:
-        word = str(item["word"]).strip()
-        if not word:
-            continue
-        start = min(offset + float(item["start"]), end_bound)
-        end = min(max(offset + float(item["end"]), start), end_bound)
-        words.append(
-            Word(
-                word=word,
-                start=round(start, 3),
-                end=round(end, 3),
-                score=round(float(item["probability"]), 3),
-            )
+    window: dict[str, Any] = {"seek": 0, "start": 0.0, "end": chunk.size / SAMPLE_RATE}
+    window["tokens"] = tokens
+    model.add_word_timestamps(
+        [[window]],
+        tokenizer,
+        encoder_output,
+        num_frames,
+        options.prepend_punctuations,
+        options.append_punctuations,
+        last_speech_timestamp=max(0.0, last_speech - offset),
+    )
+    words = [
+        Word(
+            word=str(item["word"]).strip(),
+            start=offset + float(item["start"]),
+            end=offset + float(item["end"]),
+            score=round(float(item["probability"]), 3),
         )
-    # The first word after a pause tends to absorb the silence before it.
-    head = words[0] if words else None
-    if head and head.start is not None and head.end is not None and max_duration > 0:
-        head.start = round(max(offset, head.start, head.end - max_duration), 3)
-    return words
+        for item in window.get("words", [])
+        if str(item["word"]).strip()
+    ]
+    return repair_word_times(words, segment.start, segment.end)
+
+
+def _fix_repetitions(
+    audio: np.ndarray, segments: list[Segment], pipeline: Any, tokenizer: Callable[[], Any]
+) -> tuple[list[Segment], list[TranscriptWarning]]:
+    """Each window checked for repetition; a repeating one decoded once more, differently.
+
+    A clean retry replaces the text (``redecoded``). A retry that repeats too means the
+    repetition is stable: cut when denser than the audio holds (``cut``), else left as
+    decoded (``kept``). ``tokenizer`` makes the decode's tokenizer, only when needed.
+    """
+    threshold = pipeline.options.compression_ratio_threshold
+    fixed: list[Segment] = []
+    warnings: list[TranscriptWarning] = []
+    for segment in segments:
+        loop = find_loop(segment.text, threshold)
+        if loop is None:
+            fixed.append(segment)
+            continue
+        where = f"{segment.start:.1f}-{segment.end:.1f} s"
+        retry = _redecode(pipeline, audio, segment, tokenizer())
+        if retry is not None and retry[0] and find_loop(retry[0], threshold) is None:
+            text, logprob, how = retry
+            segment = segment.model_copy(
+                update={"text": text, "avg_logprob": logprob, "repetition": "redecoded"}
+            )
+            code = "repetition_redecoded"
+            message = (
+                f"Whisper repeated itself at {where} ({loop.reason}); the window was "
+                f"decoded again ({how}) and the new text replaced it."
+            )
+        elif loop.size and too_dense(segment.text, segment.end - segment.start):
+            cut = cut_loop(segment.text, loop)
+            dropped = len(segment.text.split()) - len(cut.split())
+            segment = segment.model_copy(update={"text": cut, "repetition": "cut"})
+            code = "repetition_cut"
+            message = (
+                f"Whisper looped at {where} ({loop.reason}), more words than the audio "
+                f"holds, also when decoded again; the repeats were cut ({dropped} words)."
+            )
+        else:
+            segment = segment.model_copy(update={"repetition": "kept"})
+            code = "repetition_kept"
+            message = (
+                f"Whisper's text at {where} repeats ({loop.reason}) and repeats again when "
+                "decoded differently; it fits the audio's length, so it was kept."
+            )
+        logger.warning("%s", message)
+        warnings.append(
+            TranscriptWarning(code=code, message=message, start=segment.start, end=segment.end)
+        )
+        fixed.append(segment)
+    return fixed, warnings
+
+
+def _redecode(
+    pipeline: Any, audio: np.ndarray, segment: Segment, tokenizer: Any
+) -> tuple[str, float, str] | None:
+    """One window decoded once more, differently, with faster-whisper's own decode
+    (``generate_with_fallback``): without the prompt when the request had one (beam search
+    at the first temperature), otherwise at the request's next temperature (sampling,
+    seeded). (text, average log probability, how), or None when there is no other way."""
+    import ctranslate2
+
+    model, options = pipeline.model, pipeline.options
+    temperatures = list(options.temperatures) or [0.0]
+    prompted = bool(options.initial_prompt or options.hotwords or options.prefix)
+    higher = [t for t in temperatures if t > temperatures[0]]
+    _, chunk = _window(audio, segment)
+    if not (prompted or higher) or chunk.size == 0 or chunk.size > _MAX_WINDOW_SAMPLES:
+        return None
+    temperature = temperatures[0] if prompted else higher[0]
+    how = "without the prompt" if prompted else f"at temperature {temperature:g}"
+    encoder_output, _ = _encode(model, chunk)
+    prompt = model.get_prompt(tokenizer, [], without_timestamps=True)
+    retry_options = dataclasses.replace(options, temperatures=[temperature])
+    ctranslate2.set_random_seed(_FALLBACK_SEED)
+    result, logprob, _, _ = model.generate_with_fallback(
+        encoder_output, prompt, tokenizer, retry_options
+    )
+    return str(tokenizer.decode(result.sequences_ids[0])).strip(), float(logprob), how
 
 
 def _set(values: dict[str, Any]) -> dict[str, Any]:
@@ -422,22 +534,6 @@ def _segment(item: dict[str, Any]) -> Segment:
         text=str(item["text"]).strip(),
         avg_logprob=None if logprob is None else float(logprob),
     )
-
-
-def _limit_sentence_boundaries(alignment: list[dict[str, Any]]) -> float:
-    """faster-whisper's heuristic: cap words at sentence ends to 2x the median word length."""
-    durations = np.array([w["end"] - w["start"] for w in alignment], dtype=np.float64)
-    durations = durations[durations.nonzero()]
-    if durations.size == 0:
-        return 0.0
-    max_duration = 2 * min(0.7, float(np.median(durations)))
-    for i in range(1, len(alignment)):
-        if alignment[i]["end"] - alignment[i]["start"] > max_duration:
-            if alignment[i]["word"] in _SENTENCE_END:
-                alignment[i]["end"] = alignment[i]["start"] + max_duration
-            elif alignment[i - 1]["word"] in _SENTENCE_END:
-                alignment[i]["start"] = alignment[i]["end"] - max_duration
-    return max_duration
 
 
 @serve.deployment(name="AsrDeployment", max_ongoing_requests=4)

@@ -31,6 +31,8 @@ from common.schemas import (
     TaskType,
     Timings,
     Transcript,
+    TranscriptWarning,
+    WarningCode,
 )
 from deployments.clients import AlignClient, AsrClient, DiarizeClient, ProgressSink
 
@@ -40,6 +42,7 @@ Decoder = Callable[[Path], np.ndarray]
 DurationSink = Callable[[str, float], Awaitable[None]]
 CancelCheck = Callable[[str], Awaitable[bool]]
 SAMPLE_RATE = 16_000
+_NO_ALIGNER = "No wav2vec2 aligner for '{language}': word times from Whisper"
 
 
 class TaskCancelled(Exception):
@@ -75,6 +78,7 @@ class TaskPipeline:
         progress: ProgressSink,
         decode: Decoder,
         default_language: str | None = None,
+        model_languages: dict[str, str | None] | None = None,
         record_duration: DurationSink | None = None,
         cancel_requested: CancelCheck | None = None,
     ) -> None:
@@ -82,6 +86,7 @@ class TaskPipeline:
         self._progress = progress
         self._decode = decode
         self._default_language = default_language
+        self._model_languages = model_languages or {}
         self._record_duration = record_duration
         self._cancel_requested = cancel_requested
 
@@ -126,6 +131,16 @@ class TaskPipeline:
             )
             return TaskOutcome(TaskStatus.failed, duration, error, timings)
 
+    def _fixed_language(self, model: str | None) -> str | None:
+        """The language a model always transcribes (``asr.language``, or English for an
+        English-only model), known before ASR runs; None when it detects per file.
+
+        ``model_languages`` covers the models a request may name besides the default: a
+        multilingual one must not inherit English from an English-only default."""
+        if model is not None and model in self._model_languages:
+            return self._model_languages[model]
+        return self._default_language
+
     async def _is_cancelled(self, task: TaskInput) -> bool:
         if self._cancel_requested is None:
             return False
@@ -150,7 +165,7 @@ class TaskPipeline:
             return await self._diarize_stage(task, audio, None, timings, enter=False)
 
         params, task_id = task.params, task.task_id
-        language = params.asr.language or self._default_language
+        language = params.asr.language or self._fixed_language(params.asr.model)
         can_align: bool | None = None
         if params.align and language:
             can_align = await self._align.supports(language)
@@ -184,13 +199,11 @@ class TaskPipeline:
                     ),
                 )
             else:
-                await self._progress.enter_stage(
-                    task_id,
-                    TaskProgressStage.aligning,
-                    f"No wav2vec2 aligner for '{transcript.language}': word times from Whisper",
-                )
+                message = _NO_ALIGNER.format(language=transcript.language)
+                await self._progress.enter_stage(task_id, TaskProgressStage.aligning, message)
                 if transcript.word_timestamps is None:
                     transcript = await self._asr.add_word_timestamps(audio, transcript, params.asr)
+                transcript = _warn(transcript, "no_aligner", message)
             timings.aligning = round(time.perf_counter() - t0, 3)
 
         if params.diarize:
@@ -232,7 +245,7 @@ class TaskPipeline:
         word timings when no aligner serves its language (the result says which)."""
         transcript = _given_transcript(task)
         t0 = time.perf_counter()
-        language = transcript.language or self._default_language or "en"
+        language = transcript.language or self._fixed_language(task.params.asr.model) or "en"
         transcript = transcript.model_copy(update={"language": language})
         if await self._align.supports(language):
             transcript = await self._align.align(
@@ -246,6 +259,8 @@ class TaskPipeline:
             )
         else:
             transcript = await self._asr.add_word_timestamps(audio, transcript, task.params.asr)
+            message = _NO_ALIGNER.format(language=language)
+            transcript = _warn(transcript, "no_aligner", message)
         timings.aligning = round(time.perf_counter() - t0, 3)
         return transcript
 
@@ -256,6 +271,11 @@ class TaskPipeline:
             SpeakerTurn.model_validate(t) for t in (task.inputs or {}).get("speaker_turns", [])
         ]
         return await self._diarize.assign(transcript, turns)
+
+
+def _warn(transcript: Transcript, code: WarningCode, message: str) -> Transcript:
+    warning = TranscriptWarning(code=code, message=message)
+    return transcript.model_copy(update={"warnings": [*transcript.warnings, warning]})
 
 
 def _given_transcript(task: TaskInput) -> Transcript:

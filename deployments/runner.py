@@ -52,6 +52,7 @@ class TaskRunner:
         app_name: str,
         config: RunnerConfig,
         default_language: str | None = None,
+        model_languages: dict[str, str | None] | None = None,
     ) -> None:
         settings = Settings()
         configure_service_logging(settings.log_level)
@@ -78,6 +79,7 @@ class TaskRunner:
             progress=self._progress,
             decode=decode_audio,
             default_language=default_language,
+            model_languages=model_languages,
             record_duration=self._record_duration,
             cancel_requested=self._cancel_requested,
         )

@@ -13,6 +13,7 @@ from typing import Any
 
 from ray.serve import Application
 
+from common.asr_models import served_multilingual
 from common.config import AlignConfig, AppArgs, AsrConfig, DiarizationConfig, Resources
 from common.errors import ConfigurationError
 
@@ -56,9 +57,14 @@ def _check_gpus(args: AppArgs) -> None:
         )
 
 
-def default_language(asr: AsrConfig) -> str | None:
-    """English-only Whisper models (``*.en``) always transcribe English."""
-    return asr.language or ("en" if asr.model.rstrip("/").endswith(".en") else None)
+def default_language(
+    asr: AsrConfig, model: str | None = None, models_dir: Path | None = None
+) -> str | None:
+    """The language ``model`` (unset = the default) always transcribes: ``asr.language``,
+    or English for an English-only model (``*.en``, or a folder whose vocabulary says so)."""
+    if asr.language:
+        return asr.language
+    return "en" if served_multilingual(asr, model, models_dir) is False else None
 
 
 def build_app(raw_args: dict[str, Any]) -> Application:
@@ -98,13 +104,16 @@ def build_app(raw_args: dict[str, Any]) -> Application:
         diarization,
         app_name=name,
         config=args.runner,
-        default_language=default_language(args.asr),
+        default_language=default_language(args.asr, None, models_path),
+        model_languages={
+            name: default_language(args.asr, name, models_path) for name in args.asr.models
+        },
     )
     built: Application = Ingress.bind(
         task_runner,
         app_name=name,
         config=args.ingress,
         mirror_interval_s=args.runner.db_mirror_interval_seconds,  # whoever creates the tracker
-        asr_catalog=AsrCatalog.from_config(args.asr),
+        asr_catalog=AsrCatalog.from_config(args.asr, models_path),
     )
     return built

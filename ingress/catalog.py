@@ -2,15 +2,18 @@
 with 422 at the route instead of being queued and failing later.
 
 Built by the builder from ``AsrConfig``: every model name a request may give, and whether
-each is English-only (Whisper's ``*.en`` models, as in ``builder.default_language``).
+each is English-only (from the model folder's vocabulary where it is local, else from its
+name: ``common.asr_models.is_multilingual``, as ``builder.default_language`` decides).
 """
 
 from __future__ import annotations
 
 from functools import cache
+from pathlib import Path
 
 from pydantic import BaseModel
 
+from common.asr_models import is_multilingual
 from common.config import AsrConfig
 from common.errors import InvalidRequestError
 from common.schemas import AsrOptions
@@ -25,11 +28,11 @@ class AsrCatalog(BaseModel):
     fixed_language: str | None = None
 
     @classmethod
-    def from_config(cls, config: AsrConfig) -> AsrCatalog:
+    def from_config(cls, config: AsrConfig, models_dir: Path | None = None) -> AsrCatalog:
         refs = {config.model: config.model, **config.models}
         return cls(
             default=config.model,
-            english_only={name: _english_only(ref) for name, ref in refs.items()},
+            english_only={name: _english_only(ref, models_dir) for name, ref in refs.items()},
             fixed_language=config.language,
         )
 
@@ -65,8 +68,11 @@ class AsrCatalog(BaseModel):
             )
 
 
-def _english_only(ref: str) -> bool:
-    return ref.rstrip("/").lower().endswith(".en")
+def _english_only(ref: str, models_dir: Path | None) -> bool:
+    multilingual = is_multilingual(ref, models_dir)
+    if multilingual is None:  # cannot tell: only a ``*.en`` name is taken as English-only
+        return ref.rstrip("/").lower().endswith(".en")
+    return not multilingual
 
 
 @cache

@@ -36,6 +36,7 @@ from whisperx_serve_client.models import (
     TaskStatus,
     Timings,
     Transcript,
+    TranscriptWarning,
     Word,
 )
 from whisperx_serve_client.options import OPTION_NAMES, TranscribeOptions
@@ -74,6 +75,7 @@ __all__ = [
     "Timings",
     "TranscribeOptions",
     "Transcript",
+    "TranscriptWarning",
     "TransportError",
     "Word",
 ]

@@ -97,12 +97,23 @@ class Segment(_Model):
     words: list[Word] = []
     chars: list[Char] | None = None
     avg_logprob: float | None = None
+    repetition: str | None = None
+    """``redecoded``, ``cut`` or ``kept`` when Whisper repeated itself in this window."""
 
 
 class SpeakerTurn(_Model):
     start: float
     end: float
     speaker: str
+
+
+class TranscriptWarning(_Model):
+    """Something the service changed or could not do (``code``), and where (seconds)."""
+
+    code: str
+    message: str
+    start: float | None = None
+    end: float | None = None
 
 
 class Transcript(_Model):
@@ -119,6 +130,9 @@ class Transcript(_Model):
     alignment_model: str | None = None
     speakers: list[str] = []
     speaker_turns: list[SpeakerTurn] | None = None
+    warnings: list[TranscriptWarning] = []
+    """E.g. ``repetition_cut`` (a Whisper loop was cut) or ``no_aligner`` (Whisper's word
+    times, no wav2vec2 aligner for the language)."""
 
     _origin: TaskOrigin | None = PrivateAttr(default=None)
 

@@ -18,6 +18,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from tests.conftest import REPO
 from tests.ports import free_port
 from tests.waiting import wait_until
 
@@ -30,6 +31,8 @@ DB_PASSWORD_MARKER = "MARKERdbpass7f3a"
 HF_TOKEN_MARKER = "MARKERhf9c2e"
 """Recognisable secrets the service is given; no response, event, log line or task record
 may show them (tests/integration/test_observability.py scans for them)."""
+BASE_MODEL = REPO / "models" / "whisper-base"
+"""The optional multilingual Whisper base (``make models`` / scripts/fetch_models.py)."""
 
 
 @dataclass
@@ -113,6 +116,8 @@ def service(
         "models_dir": str(models_dir),
         "asr": {
             "model": "asr/faster-whisper-tiny.en",
+            # loaded on its first request (tests/integration/test_multilingual.py)
+            "models": {"base": str(BASE_MODEL)} if BASE_MODEL.is_dir() else {},
             "compute_type": "int8",
             "batch_size": 4,
             "local_files_only": True,

@@ -138,3 +138,25 @@ def test_cache_is_bounded(engine: AlignmentEngine, jfk: np.ndarray) -> None:
     )  # punkt falls back to English
     assert result.word_timestamps == "wav2vec2"
     assert list(engine._models) == ["ko|"]  # keyed by language and requested model
+
+
+def test_aligned_word_times_are_usable(engine: AlignmentEngine, jfk: np.ndarray) -> None:
+    """Words with no alignable character ("1961", "12%") get their neighbour's times from
+    whisperx's interpolation; after the repair none is zero-length or out of order."""
+    from deployments.word_times import MIN_WORD_SECONDS
+
+    text = "In 1961 about 12% of us, i.e. many, asked what we can do for our country."
+    result = engine.align(
+        jfk, AlignRequest(transcript=_transcript("en", Segment(start=0.3, end=10.9, text=text)))
+    )
+    words = [w for s in result.segments for w in s.words]
+    assert " ".join(w.word for w in words) == text
+    for segment in result.segments:
+        previous = segment.start
+        for word in segment.words:
+            assert word.start is not None and word.end is not None, word
+            assert segment.start <= word.start and word.end <= segment.end
+            assert (
+                word.start >= previous - 1e-3 and word.end - word.start >= MIN_WORD_SECONDS - 1e-3
+            )
+            previous = word.end

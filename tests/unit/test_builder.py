@@ -82,3 +82,18 @@ def test_english_only_models_imply_english() -> None:
     assert default_language(AsrConfig(model="asr/faster-whisper-tiny.en")) == "en"
     assert default_language(AsrConfig(model="large-v3")) is None
     assert default_language(AsrConfig(model="large-v3", language="de")) == "de"
+
+
+def test_default_language_per_served_model(tmp_path: Path) -> None:
+    """A multilingual model served next to an English-only default detects its language."""
+    import json
+
+    english, multi = tmp_path / "tiny.en-folder", tmp_path / "base-folder"
+    for folder, size in ((english, 51864), (multi, 51865)):
+        folder.mkdir()
+        (folder / "vocabulary.json").write_text(json.dumps(["t"] * size))
+    config = AsrConfig(model=str(english), models={"base": str(multi), "hub": "large-v3"})
+    assert default_language(config) == "en"  # the folder's vocabulary, not its name
+    assert default_language(config, "base") is None
+    assert default_language(config, "hub") is None
+    assert default_language(config.model_copy(update={"language": "de"}), "base") == "de"

@@ -35,10 +35,13 @@ class FakeAsr:
     def __init__(self) -> None:
         self.requests: list[AsrRequest] = []
         self.word_calls = 0
+        self.language = "en"  # what the model "detects"
 
     async def transcribe(self, audio: np.ndarray, req: AsrRequest) -> Transcript:
         self.requests.append(req)
-        t = Transcript(language="en", segments=[Segment(start=0, end=2, text=" hello world")])
+        t = Transcript(
+            language=self.language, segments=[Segment(start=0, end=2, text=" hello world")]
+        )
         return self._words(t) if req.word_timestamps else t
 
     async def add_word_timestamps(
@@ -179,6 +182,9 @@ async def test_no_aligner_uses_whisper_words_in_one_asr_pass() -> None:
         c[2] for c in progress.calls if c[0] == "stage" and c[1] is TaskProgressStage.aligning
     ]
     assert stage_msgs and "Whisper" in stage_msgs[0]
+    assert [(w.code, w.message) for w in progress.result.warnings] == [
+        ("no_aligner", stage_msgs[0])
+    ]
 
 
 async def test_detected_language_without_aligner_adds_words_after() -> None:
@@ -309,3 +315,15 @@ async def wait_until_async(predicate: Any, timeout: float = 5.0) -> None:
     while not predicate():
         assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
         await asyncio.sleep(0.01)
+
+
+async def test_a_multilingual_model_next_to_an_english_default_detects_first() -> None:
+    """model=base must not inherit the English-only default's fixed "en": the aligner is
+    chosen for the language the model detects (here none serves it: Whisper times)."""
+    pipeline, asr, align, _, progress = make({"en"}, language="en")
+    pipeline._model_languages = {"base": None}
+    asr.language = "de"
+    await pipeline.run(task(asr=AsrOptions(model="base"), diarize=False))
+    assert asr.requests[0].word_timestamps is False  # not decided before ASR detected
+    assert align.calls == 0 and asr.word_calls == 1
+    assert progress.result is not None and progress.result.word_timestamps == "whisper"

@@ -109,7 +109,11 @@ async def test_failed_task_is_409_naming_its_status(
         ("srt", "application/x-subrip", "00:00:01,200 --> 00:00:02,000\n[SPEAKER_01]: Hi!"),
         ("vtt", "text/vtt", "WEBVTT\n\n00:00.000 --> 00:01.000\n[SPEAKER_00]: Hello."),
         ("txt", "text/plain", "[SPEAKER_00]: Hello.\n[SPEAKER_01]: Hi!\n"),
-        ("tsv", "text/tab-separated-values", "start\tend\ttext\n0\t1000\tHello.\n1200\t2000\tHi!"),
+        (
+            "tsv",
+            "text/tab-separated-values",
+            "start\tend\ttext\tspeaker\n0\t1000\tHello.\tSPEAKER_00\n1200\t2000\tHi!\tSPEAKER_01",
+        ),
     ],
 )
 async def test_each_text_format_downloads_as_attachment(
@@ -162,3 +166,16 @@ async def test_openapi_documents_every_result_media_type(client: httpx.AsyncClie
     content = op["responses"]["200"]["content"]
     assert set(content) == {f.media_type.split(";")[0] for f in ResultFormat}
     assert {"404", "409", "422"} <= set(op["responses"])
+
+
+async def test_openapi_documents_repetition_and_warnings(client: httpx.AsyncClient) -> None:
+    schemas = (await client.get("/openapi.json")).json()["components"]["schemas"]
+    repetition = schemas["Segment"]["properties"]["repetition"]
+    assert {"redecoded", "cut", "kept"} <= set(repetition["anyOf"][0]["enum"])
+    assert "repeated itself" in repetition["description"]
+    warning = schemas["TranscriptWarning"]
+    assert {"code", "message", "start", "end"} <= set(warning["properties"])
+    assert "no_aligner" in warning["properties"]["code"]["enum"]
+    assert schemas["Transcript"]["properties"]["warnings"]["items"]["$ref"].endswith(
+        "/TranscriptWarning"
+    )
