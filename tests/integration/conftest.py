@@ -83,6 +83,7 @@ def service(
 ) -> Iterator[Service]:
     import ray
     from ray import serve
+
     from ingress.builder import build_app
 
     data_dir = tmp_path_factory.mktemp("data")
@@ -135,9 +136,6 @@ def service(
     try:  # a failed start must not leave a half-started Ray to the tests after it
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-                ],
-            }
-        )
         # JSON logs, as serve_config.yaml has them in production
         serve.run(build_app(args), name=APP, route_prefix="/", logging_config={"encoding": "JSON"})
         base = f"http://127.0.0.1:{port}"
