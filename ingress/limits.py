@@ -12,10 +12,10 @@ Once a limit answers, the app sees the client as gone and whatever it sends is d
 
 The Ingress app always runs this. Serve's HTTP proxy, in front of it, reads request bodies
 ahead into memory until the app answers; to stop an oversize body at the proxy as well,
-run the same middleware there: ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=
-ingress.limits:proxy_middlewares`` in the environment Serve starts in (or
-``http_options={"middlewares": proxy_middlewares()}`` in ``serve.start``), with
-``WHISPERX_SERVE_PROXY_MAX_UPLOAD_BYTES`` (default: ``IngressConfig.max_upload_bytes``).
+run the same middleware there through Serve's proxy callback:
+``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=ingress.limits:proxy_middlewares`` in the
+environment Serve starts in, with ``WHISPERX_SERVE_PROXY_MAX_UPLOAD_BYTES`` (default:
+``IngressConfig.max_upload_bytes``). (Not yet exercised against a live proxy.)
 """
 
 from __future__ import annotations

@@ -48,12 +48,15 @@ async def test_decoding_options_reach_whisper(service: Service, jfk_path: Path) 
     assert PHRASE in normalise(" ".join(s["text"] for s in body["result"]["segments"]))
 
 
-async def test_unknown_model_fails_the_task_clearly(service: Service, jfk_path: Path) -> None:
-    task_id = submit(service.base_url, jfk_path, model="large-v9")
-    body = await finished(service, task_id)
-    assert body["status"] == "failed"
-    assert body["error"]["code"] == "invalid_request"
-    assert "large-v9" in body["error"]["user_message"]
+async def test_unknown_model_is_refused_at_the_route(service: Service, jfk_path: Path) -> None:
+    r = httpx.post(
+        f"{service.base_url}/speech-to-text",
+        params={"model": "large-v9"},
+        files={"file": (jfk_path.name, jfk_path.read_bytes())},
+        timeout=60,
+    )
+    assert r.status_code == 422 and r.json()["error_code"] == "invalid_request"
+    assert "large-v9" in r.json()["user_message"]
 
 
 async def test_service_routes_chain_transcribe_align_diarize_combine(

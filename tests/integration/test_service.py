@@ -77,7 +77,9 @@ async def test_two_speaker_sample_diarizes_into_two(service: Service) -> None:
 
 
 async def test_failure_inside_task_streams_error_event(service: Service, jfk_path: Path) -> None:
-    task_id = submit(service.base_url, jfk_path, language="fr")  # tiny.en cannot do French
+    # an aligner nobody serves fails the task at its alignment stage (a language tiny.en
+    # cannot do is refused at the route now, before any task exists)
+    task_id = submit(service.base_url, jfk_path, align_model="no-such-aligner", diarize="false")
     stream = await collect(service.ws_url, task_id, after_seq=0)
     assert_well_ordered(stream)
     error = stream.events[-1]

@@ -103,8 +103,13 @@ def test_callbacks_for_completed_and_failed_tasks(
     assert sent == _final(service, ok_id)  # the callback carries the stored final task
 
     fail_hook = _hook(local, "/hooks/failed")
-    bad_id = submit(  # tiny.en cannot do French: the task fails
-        service.base_url, jfk_path, language="fr", callback_url=fail_hook, **FAST
+    bad_id = submit(  # an aligner nobody serves: the task fails at its alignment stage
+        # (a language tiny.en cannot do is now refused at the route, before any task)
+        service.base_url,
+        jfk_path,
+        align_model="no-such-aligner",
+        diarize="false",
+        callback_url=fail_hook,
     )
     [failed] = _posts(local, "/hooks/failed")
     body = json.loads(failed.body)
