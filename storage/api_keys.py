@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 
 from common.schemas import utcnow
 from storage.db import Database
@@ -110,7 +110,7 @@ def count_api_keys(db: Database) -> KeyCounts:
         total, active = session.execute(
             select(
                 func.count(),
-                func.count().filter(ApiKeyRow.revoked_at.is_(None)),
+                func.coalesce(func.sum(case((ApiKeyRow.revoked_at.is_(None), 1), else_=0)), 0),
             ).select_from(ApiKeyRow)
         ).one()
         return KeyCounts(total=int(total), active=int(active))
