@@ -17,7 +17,8 @@ from deployments.clients import ProgressClient, RunnerClient
 from deployments.events_bus import EventsBusConfig, RedisEventReader
 from deployments.progress import get_or_create_tracker
 from ingress.errors import document_error_shape, install_error_handlers
-from ingress.routes import health, openai_compat, results, stages, tasks
+from ingress.routes import audio, health, openai_compat, results, speakers, stages, tasks
+from ingress.routes.page import mount_page
 from ingress.routes.url import router as url_router
 from ingress.services import IngressServices
 from ingress.submit import accept_task, new_task_id
@@ -50,6 +51,9 @@ def create_app(services: IngressServices) -> FastAPI:
     app.include_router(stages.router)
     app.include_router(health.router)
     app.include_router(ws_router)
+    app.include_router(audio.router)
+    app.include_router(speakers.router)
+    mount_page(app)
     return app
 
 

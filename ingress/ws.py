@@ -25,6 +25,9 @@ router = APIRouter()
 
 CLOSE_TASK_NOT_FOUND = 4404
 CLOSE_TRACKER_UNAVAILABLE = 1011
+SUBPROTOCOL = "whisperx-serve"
+"""Browsers cannot set headers on a WebSocket, so they offer ``["whisperx-serve",
+"bearer.<key>"]``; a browser drops a connection whose answer names none of its offers."""
 
 
 @router.websocket("/ws/tasks/{task_id}")
@@ -34,7 +37,8 @@ async def task_events(
     after_seq: Annotated[int | None, Query(ge=0, description="Resume after this seq.")] = None,
 ) -> None:
     services: IngressServices = websocket.app.state.services
-    await websocket.accept()
+    offered = websocket.scope.get("subprotocols") or []
+    await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
     try:
         snap = await services.progress.snapshot(task_id)
     except Exception:
