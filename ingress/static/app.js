@@ -213,10 +213,12 @@ function newView(name, taskId = null) {
     open: $(".open", li), cancel: $(".cancel", li), del: $(".delete", li), dismiss: $(".dismiss", li),
   };
   els.name.textContent = name;
+  li.dataset.view = String(state.views.length);
+  if (taskId) li.dataset.task = taskId;
   els.bar.setAttribute("aria-label", `Progress of ${name}`);
   const view = {
     name, taskId, els, status: "uploading", stage: null, percentage: 0,
-    stages: [], seqs: [], lastSeq: null, wsUrls: [], reconnects: 0,
+    stages: [], history: [], seqs: [], lastSeq: null, wsUrls: [], reconnects: 0,
     transport: null, ws: null, wsFailures: 0, pollTimer: null, queueTimer: null,
     terminal: false, needsKey: false, gone: false,
   };
@@ -244,6 +246,8 @@ function setBadge(view, status) {
 function setProgress(view, pct) {
   const value = Math.max(0, Math.min(100, pct));
   view.percentage = value;
+  const last = view.history[view.history.length - 1];
+  if (!last || last[0] !== view.stage || last[1] !== value) view.history.push([view.stage, value]);
   view.els.bar.value = value;
   view.els.pct.textContent = `${Math.floor(value)} %`;
 }
@@ -257,8 +261,10 @@ function enterStage(view, stage) {
 
 function accepted(view, body) {
   view.taskId = body.identifier;
+  view.els.root.dataset.task = view.taskId;
   state.byTask.set(view.taskId, view);
-  setProgress(view, 0);
+  enterStage(view, "queued");
+  setProgress(view, 0); // the upload's bar hands over to the task's
   setBadge(view, body.status);
   refreshList();
   follow(view);
@@ -534,7 +540,7 @@ function showTranscript(task) {
   setAudio(task);
   renderSpeakers(task);
   renderTranscript(task);
-  viewer.scrollIntoView({ block: "start", behavior: "smooth" });
+  viewer.scrollIntoView({ block: "start" });
 }
 
 async function setAudio(task) {
@@ -608,6 +614,24 @@ async function renameSpeaker(label, name) {
   }
 }
 
+// A segment splits where its words change speaker (diarization labels each word), so
+// each paragraph has one speaker, its colour and its (renamable) name.
+function speakerRuns(seg) {
+  const words = seg.words || [];
+  if (!words.length) return [{ speaker: seg.speaker || null, start: seg.start, words: [], text: seg.text }];
+  const runs = [];
+  for (const w of words) {
+    const speaker = w.speaker || seg.speaker || null;
+    let run = runs[runs.length - 1];
+    if (!run || run.speaker !== speaker) {
+      run = { speaker, start: typeof w.start === "number" ? w.start : seg.start, words: [] };
+      runs.push(run);
+    }
+    run.words.push(w);
+  }
+  return runs;
+}
+
 function renderTranscript(task) {
   const box = $("#transcript");
   box.replaceChildren();
@@ -620,43 +644,44 @@ function renderTranscript(task) {
     box.append(p);
   }
   for (const seg of segments) {
-    const p = document.createElement("p");
-    p.className = "seg";
-    if (seg.speaker) p.classList.add(`spk-${speakerIndex(task, seg.speaker) % 8}`);
-    const time = document.createElement("button");
-    time.type = "button";
-    time.className = "time";
-    time.textContent = fmtTime(seg.start);
-    time.setAttribute("aria-label", `Play from ${fmtTime(seg.start)}`);
-    time.addEventListener("click", () => seek(seg.start));
-    p.append(time);
-    if (seg.speaker) {
-      const who = document.createElement("span");
-      who.className = "who";
-      who.dataset.speaker = seg.speaker;
-      who.textContent = speakerName(seg.speaker);
-      p.append(who);
+    for (const run of speakerRuns(seg)) {
+      const p = document.createElement("p");
+      p.className = "seg";
+      if (run.speaker) p.classList.add(`spk-${speakerIndex(task, run.speaker) % 8}`);
+      const time = document.createElement("button");
+      time.type = "button";
+      time.className = "time";
+      time.textContent = fmtTime(run.start);
+      time.setAttribute("aria-label", `Play from ${fmtTime(run.start)}`);
+      time.addEventListener("click", () => seek(run.start));
+      p.append(time);
+      if (run.speaker) {
+        const who = document.createElement("span");
+        who.className = "who";
+        who.dataset.speaker = run.speaker;
+        who.textContent = speakerName(run.speaker);
+        p.append(who);
+      }
+      const text = document.createElement("span");
+      text.className = "text";
+      if (run.words.length) {
+        run.words.forEach((w, i) => {
+          if (i) text.append(" ");
+          const span = document.createElement("span");
+          span.className = "w";
+          span.textContent = w.word.trim();
+          if (typeof w.start === "number") {
+            span.dataset.start = w.start;
+            words.push({ start: w.start, end: typeof w.end === "number" ? w.end : w.start, el: span });
+          }
+          text.append(span);
+        });
+      } else {
+        text.textContent = (run.text || "").trim();
+      }
+      p.append(text);
+      box.append(p);
     }
-    const text = document.createElement("span");
-    text.className = "text";
-    if (seg.words && seg.words.length) {
-      seg.words.forEach((w, i) => {
-        if (i) text.append(" ");
-        const span = document.createElement("span");
-        span.className = "w";
-        span.textContent = w.word.trim();
-        if (typeof w.start === "number") {
-          span.dataset.start = w.start;
-          span.dataset.i = words.length;
-          words.push({ start: w.start, end: typeof w.end === "number" ? w.end : w.start, el: span });
-        }
-        text.append(span);
-      });
-    } else {
-      text.textContent = seg.text.trim();
-    }
-    p.append(text);
-    box.append(p);
   }
   words.sort((a, b) => a.start - b.start);
   state.open.words = words;

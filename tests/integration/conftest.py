@@ -11,29 +11,19 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.ports import free_port
-from tests.waiting import wait_until
+from tests.serving import Service, bundle_args, local_service
 
 PG_BASE = os.environ.get(
     "WHISPERX_SERVE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 APP = "whisperx-it"
 
-
-@dataclass
-class Service:
-    base_url: str
-    ws_url: str
-    database_url: str
-    data_dir: Path
-    app_args: dict[str, object]
+__all__ = ["APP", "Service"]
 
 
 @contextmanager
@@ -77,18 +67,7 @@ def service(
     models_dir: Path,
     tiny_aligner: Path,
 ) -> Iterator[Service]:
-    import ray
-    from ray import serve
-
-    from ingress.builder import build_app
-
-    data_dir = tmp_path_factory.mktemp("data")
     env = {
-        "WHISPERX_SERVE_DATA_DIR": str(data_dir),
-        "WHISPERX_SERVE_DATABASE_URL": database_url,
-        "PYANNOTE_METRICS_ENABLED": "0",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
         # progress events also go to the local Redis, under keys of this session only
         "WHISPERX_SERVE_REDIS_URL": "redis://127.0.0.1:6379/0",
         "WHISPERX_SERVE_REDIS_PREFIX": f"whisperx-it-{uuid.uuid4().hex[:10]}",
@@ -96,44 +75,10 @@ def service(
         # URL downloads and callbacks may reach test servers on 127.0.0.1 (nothing else)
         "WHISPERX_SERVE_URL_FETCH_ALLOW_NETWORKS": "127.0.0.1/32",
     }
-    args = {
-        "name": APP,
-        "models_dir": str(models_dir),
-        "asr": {
-            "model": "asr/faster-whisper-tiny.en",
-            "compute_type": "int8",
-            "batch_size": 4,
-            "local_files_only": True,
-            "resources": {"num_cpus": 0.25},
-        },
-        "alignment": {
-            "models": {"en": str(tiny_aligner)},
-            "use_default_models": False,
-            "nltk_data": "nltk_data",
-            "resources": {"num_cpus": 0.25},
-        },
-        "diarization": {
-            "pipeline": None,
-            "segmentation": "diarization/segmentation-3.0",
-            "embedding": "diarization/campplus-cn-en-common/campplus_cn_en_common.pt",
-            "resources": {"num_cpus": 0.25},
-        },
-        "runner": {"max_concurrent_tasks": 2, "lease_seconds": 8, "poll_interval_seconds": 1},
-    }
-    # Workers get the settings through runtime_env; this process's environment stays
-    # untouched so later tests (unit tier) never see the integration database.
-    ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env})
-    try:  # a failed start must not leave a half-started Ray to the tests after it
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(args), name=APP, route_prefix="/")
-        base = f"http://127.0.0.1:{port}"
-        wait_until(
-            lambda: httpx.get(f"{base}/health/ready", timeout=5).status_code == 200,
-            timeout=300,
-            what="/health/ready",
-        )
-        yield Service(base, f"ws://127.0.0.1:{port}", database_url, data_dir, args)
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    with local_service(
+        bundle_args(APP, models_dir, aligner=tiny_aligner),
+        data_dir=tmp_path_factory.mktemp("data"),
+        database_url=database_url,
+        env=env,
+    ) as service:
+        yield service
