@@ -218,7 +218,8 @@ function newView(name, taskId = null) {
   els.bar.setAttribute("aria-label", `Progress of ${name}`);
   const view = {
     name, taskId, els, status: "uploading", stage: null, percentage: 0,
-    stages: [], history: [], seqs: [], lastSeq: null, wsUrls: [], reconnects: 0,
+    stages: [], history: [], seqs: [], queuePositions: [], etas: [],
+    lastSeq: null, wsUrls: [], reconnects: 0,
     transport: null, ws: null, wsFailures: 0, pollTimer: null, queueTimer: null,
     terminal: false, needsKey: false, gone: false,
   };
@@ -297,11 +298,16 @@ function applyState(view, s) {
   if (s.status === "queued" && view.queuePosition) parts.push(`position ${view.queuePosition} in the queue`);
   if (!TERMINAL.has(s.status)) {
     const eta = formatEta(s.eta_seconds);
-    if (eta) parts.push(eta);
+    if (eta) { parts.push(eta); view.etas.push(eta); }
   }
   if (view.transport === "polling" && !TERMINAL.has(s.status)) parts.push("following by polling");
   view.els.detail.textContent = parts.join(" · ");
   if (s.status === "queued") watchQueue(view);
+}
+
+function notePosition(view, position) {
+  view.queuePosition = position;
+  if (position) view.queuePositions.push(position);
 }
 
 function watchQueue(view) {
@@ -310,8 +316,8 @@ function watchQueue(view) {
     view.queueTimer = null;
     if (view.terminal || view.gone || view.status !== "queued") return;
     try {
-      const p = await apiJson(`/tasks/${view.taskId}/progress`);
-      view.queuePosition = p.queue_position;
+      const p = await apiJson(`/tasks/${encodeURIComponent(view.taskId)}/progress`);
+      notePosition(view, p.queue_position);
       if (view.status === "queued") applyState(view, { status: view.status, stage: view.stage, eta_seconds: p.eta_seconds });
     } catch { /* the WebSocket still reports the status */ }
     if (view.status === "queued") view.queueTimer = setTimeout(tick, 2000);
@@ -402,7 +408,7 @@ function startPolling(view) {
     if (view.terminal || view.gone) return;
     try {
       const p = await apiJson(`/tasks/${encodeURIComponent(view.taskId)}/progress`);
-      view.queuePosition = p.queue_position;
+      notePosition(view, p.queue_position);
       applyState(view, {
         status: p.status, stage: p.progress_stage, percentage: p.progress_percentage,
         message: p.message, eta_seconds: p.eta_seconds,
@@ -806,7 +812,11 @@ async function refreshList() {
     st.append(badge);
     const created = document.createElement("td");
     const when = new Date(t.created_at);
-    created.textContent = when.toLocaleString([], { dateStyle: "short", timeStyle: "short" });
+    const today = when.toDateString() === new Date().toDateString();
+    created.textContent = today
+      ? when.toLocaleTimeString([], { timeStyle: "short" })
+      : when.toLocaleDateString([], { dateStyle: "short" });
+    created.title = when.toLocaleString();
     const len = document.createElement("td");
     len.textContent = t.audio_duration ? fmtTime(t.audio_duration) : "–";
     tr.append(file, st, created, len);

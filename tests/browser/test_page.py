@@ -28,8 +28,8 @@ TASK_TIMEOUT_MS = 240_000
 
 VIEW_STATE = """i => { const v = wxs.views[i]; return {
   taskId: v.taskId, status: v.status, stages: v.stages, history: v.history, seqs: v.seqs,
-  lastSeq: v.lastSeq, wsUrls: v.wsUrls, reconnects: v.reconnects, transport: v.transport,
-  terminal: v.terminal } }"""
+  lastSeq: v.lastSeq, etas: v.etas, wsUrls: v.wsUrls, reconnects: v.reconnects,
+  transport: v.transport, terminal: v.terminal } }"""
 
 
 def upload(page: Any, path: Path) -> int:
@@ -102,6 +102,7 @@ def test_jfk_upload_live_progress_transcript_player_and_download(
     assert uploading[-1] == 100 and uploading == sorted(uploading)
     assert task == sorted(task) and task[-1] == 100, task
     assert len(set(task)) >= 4, f"the bar did not move inside stages: {v['history']}"
+    assert v["etas"] and all(e.startswith("about ") for e in v["etas"]), v["etas"]
     done = card(page, i)
     expect(done.locator(".badge")).to_have_text("completed")
     expect(done.locator(".pct")).to_have_text("100 %")
@@ -296,3 +297,95 @@ def test_two_speakers_coloured_named_and_kept_with_the_task(
     if shots != tmp_path:
         for shot in ("desktop.png", "phone.png"):
             shutil.copy(tmp_path / shot, shots / shot)
+
+
+def test_several_files_at_once_each_get_a_card_and_the_last_waits_its_turn(
+    page: Any, jfk_path: Path
+) -> None:
+    page.uncheck("#opt-diarize")
+    before = page.evaluate("() => wxs.views.length")
+    page.set_input_files("#files", [str(jfk_path)] * 3)  # the runner takes two at a time
+    page.wait_for_function("n => wxs.views.length === n + 3", arg=before)
+    views = [finished(page, before + k) for k in range(3)]
+    assert [v["status"] for v in views] == ["completed"] * 3, views
+    assert len({v["taskId"] for v in views}) == 3
+    positions = page.evaluate("() => wxs.views.map(v => v.queuePositions)")
+    assert any(1 in p for p in positions), f"no card showed its queue position: {positions}"
+
+
+KEY = "wxs_" + "k3y-" * 10 + "abc"  # the agreed format: wxs_ + 43 url-safe characters
+
+
+def test_an_api_key_goes_in_headers_and_subprotocols_never_in_a_url(
+    browser: Any, service: Service, jfk_path: Path
+) -> None:
+    assert len(KEY) == 47
+    with open_page(browser, service.base_url, api_key=KEY) as page:
+        requests: list[tuple[str, str | None]] = []
+        page.on("request", lambda r: requests.append((r.url, r.all_headers().get("authorization"))))
+        handshakes: list[dict[str, Any]] = []
+        cdp = page.context.new_cdp_session(page)
+        cdp.send("Network.enable")
+        cdp.on("Network.webSocketWillSendHandshakeRequest", lambda e: handshakes.append(e))
+        page.reload()
+        page.wait_for_function("() => window.wxs !== undefined")
+        expect(page.locator("#key-state")).to_have_text("(set for this tab)")
+
+        page.uncheck("#opt-diarize")
+        i = upload(page, jfk_path)
+        v = finished(page, i)
+        assert v["status"] == "completed" and gapless(v["seqs"]), v
+        # with a key the player gets the audio through fetch (headers), from a blob: URL
+        page.wait_for_function("() => document.querySelector('#player').readyState >= 1")
+        assert page.evaluate("() => document.querySelector('#player').src").startswith("blob:")
+        _, txt = download(page, "txt")
+        assert PHRASE in normalise(txt)
+
+        api = [
+            (url, auth)
+            for url, auth in requests
+            if url.startswith(service.base_url)
+            and not url.startswith(f"{service.base_url}/static/")
+            and url != f"{service.base_url}/"
+        ]
+        assert {"/speech-to-text", "/task/all", "/audio", "/result"} <= {
+            p
+            for p in ("/speech-to-text", "/task/all", "/audio", "/result")
+            for u, _ in api
+            if p in u
+        }, api
+        assert all(auth == f"Bearer {KEY}" for _, auth in api), api
+        assert handshakes, "no WebSocket handshake seen"
+        for shake in handshakes:
+            headers = {k.lower(): val for k, val in shake["request"]["headers"].items()}
+            assert headers["sec-websocket-protocol"] == f"whisperx-serve, bearer.{KEY}"
+        urls = [u for u, _ in requests] + v["wsUrls"] + [page.url]
+        assert not [u for u in urls if KEY in u], "the key appeared in a URL"
+        stored = page.evaluate(
+            "() => [sessionStorage.getItem('whisperx-serve.api-key'), "
+            "localStorage.length, document.cookie]"
+        )
+        assert stored == [KEY, 0, ""]
+
+        # a 401 asks for the key: here the service is made to refuse the one in use
+        def refuse(route: Any) -> None:
+            route.fulfill(
+                status=401,
+                json={"error_code": "unauthorized", "user_message": "Invalid API key."},
+            )
+
+        page.route("**/task/all**", refuse)
+        page.click("#list-refresh")
+        alert = page.locator("#auth-alert")
+        expect(alert).to_be_visible()
+        expect(alert).to_contain_text("The API key was refused (Invalid API key.)")
+        expect(page.locator("#api-key")).to_be_focused()
+        page.click("#key-forget")
+        page.click("#list-refresh")
+        expect(alert).to_contain_text("This service needs an API key")
+        page.unroute("**/task/all**")
+        page.fill("#api-key", KEY)
+        page.press("#api-key", "Enter")
+        expect(alert).to_be_hidden()
+        expect(page.locator("#api-key")).to_have_value("")  # not left on screen
+        assert page.evaluate("() => sessionStorage.getItem('whisperx-serve.api-key')") == KEY
