@@ -79,7 +79,13 @@ async def serve_deployment_statuses(app_name: str) -> dict[str, str]:
 @serve.ingress()
 class Ingress:
     async def __init__(  # type: ignore[misc]  # Serve runs async constructors
-        self, runner: Any, *, app_name: str, config: IngressConfig, mirror_interval_s: float
+        self,
+        runner: Any,
+        *,
+        app_name: str,
+        config: IngressConfig,
+        mirror_interval_s: float,
+        asr_models: tuple[str, ...] = (),
     ) -> None:
         settings = Settings()
         url = settings.resolved_database_url()
@@ -106,6 +112,7 @@ class Ingress:
             runner=RunnerClient(runner),
             deployments_ready=deployments_ready,
             events=RedisEventReader(bus, publisher_state=publisher_state) if bus else None,
+            asr_models=tuple(asr_models),
         )
 
     def __serve_build_asgi_app__(self) -> FastAPI:

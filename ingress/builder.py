@@ -104,5 +104,6 @@ def build_app(raw_args: dict[str, Any]) -> Application:
         app_name=name,
         config=args.ingress,
         mirror_interval_s=args.runner.db_mirror_interval_seconds,  # whoever creates the tracker
+        asr_models=tuple(sorted(args.asr.models)),  # the web page offers these by name
     )
     return built

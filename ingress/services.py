@@ -55,6 +55,8 @@ class IngressServices:
     ws_wait_seconds: float = 20.0
     events: EventStreamReader | None = None
     """Redis event reader when ``redis_url`` is set; the tracker actor is the fallback."""
+    asr_models: tuple[str, ...] = ()
+    """Names a request may pick with ``model=`` besides the default (``asr.models``)."""
 
 
 def get_services(request: Request) -> IngressServices:

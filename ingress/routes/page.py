@@ -1,4 +1,5 @@
-"""The web page: ``GET /`` and its assets under ``/static/``, plain files, no build step.
+"""The web page: ``GET /`` and its assets under ``/static/``, plain files, no build step;
+and ``GET /models``, the model names the page's model choice offers.
 
 Every asset answers with an ``ETag`` and ``Cache-Control: no-cache``: browsers keep their
 copy and revalidate it with a cheap 304, so a new release shows at the next load without
@@ -11,8 +12,11 @@ from pathlib import Path
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
+from pydantic import BaseModel
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
+
+from ingress.services import ServicesDep
 
 STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
 
@@ -42,6 +46,25 @@ router = APIRouter()
 @router.get("/", include_in_schema=False)
 async def index(request: Request) -> Response:
     return await assets.get_response("index.html", request.scope)
+
+
+class ServedModels(BaseModel):
+    asr_models: list[str]
+    """Names ``model=`` may take besides the default; empty when one model is served."""
+
+
+@router.get(
+    "/models",
+    response_model=ServedModels,
+    tags=["Speech-2-Text"],
+    summary="The Whisper models a request may choose by name",
+    description=(
+        "The names in the ASR deployment's `asr.models`, each usable as the `model` option "
+        "of the submitting routes; leaving `model` unset uses the default model."
+    ),
+)
+async def served_models(services: ServicesDep) -> ServedModels:
+    return ServedModels(asr_models=list(services.asr_models))
 
 
 def mount_page(app: FastAPI) -> None:

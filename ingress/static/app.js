@@ -122,7 +122,7 @@ function submitParams() {
   params.set("diarize", diarize ? "true" : "false");
   const speakers = $("#opt-speakers").value.trim();
   if (diarize && speakers) params.set("num_speakers", speakers);
-  const model = $("#opt-model").value.trim();
+  const model = $("#opt-model").value;
   if (model) params.set("model", model);
   return params;
 }
@@ -171,6 +171,21 @@ async function submitUrl(url) {
   } catch (err) {
     rejected(view, err);
   }
+}
+
+async function loadModels() {
+  // Offer a model choice only when the service serves more than its default.
+  try {
+    const { asr_models: names } = await apiJson("/models");
+    const select = $("#opt-model");
+    for (const name of names) {
+      const option = document.createElement("option");
+      option.value = name;
+      option.textContent = name;
+      select.append(option);
+    }
+    $("#model-field").hidden = names.length === 0;
+  } catch { /* the default model it is */ }
 }
 
 function setupSubmit() {
@@ -862,5 +877,6 @@ setupSubmit();
 setupViewer();
 setupList();
 refreshList();
+loadModels();
 const linked = /^#task=([\w-]{1,64})$/.exec(location.hash);
 if (linked) openTask(linked[1]);

@@ -29,13 +29,16 @@ APP = "whisperx-web"
 KEY_STORAGE = "whisperx-serve.api-key"  # as in ingress/static/app.js
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
+SECOND_MODEL = "tiny-en-again"  # the bundle's one Whisper model under a second name
 
 
 @pytest.fixture(scope="session")
 def service(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Service]:
     data_dir = tmp_path_factory.mktemp("web-data")
+    args = bundle_args(APP, models_dir)
+    args["asr"]["models"] = {SECOND_MODEL: "asr/faster-whisper-tiny.en"}  # a model choice
     with local_service(
-        bundle_args(APP, models_dir),
+        args,
         data_dir=data_dir,
         database_url=f"sqlite:///{data_dir / 'whisperx-serve.db'}",
     ) as running:

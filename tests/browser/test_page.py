@@ -18,7 +18,7 @@ import httpx
 from playwright.sync_api import expect
 
 from tests.audio import sample_wav
-from tests.browser.conftest import PHONE, open_page
+from tests.browser.conftest import PHONE, SECOND_MODEL, open_page
 from tests.conftest import normalise
 from tests.serving import Service
 
@@ -230,9 +230,12 @@ def test_polling_takes_over_when_websockets_are_blocked_and_delete_removes_the_t
 
     page.route_web_socket("**/ws/tasks/**", refuse)
     page.uncheck("#opt-diarize")
+    page.select_option("#opt-model", SECOND_MODEL)  # offered: the service serves two names
     i = upload(page, jfk_path)
     v = finished(page, i)
     assert v["status"] == "completed" and v["transport"] == "polling", v
+    params = httpx.get(f"{service.base_url}/task/{v['taskId']}").json()["params"]
+    assert params["asr"]["model"] == SECOND_MODEL and params["diarize"] is False
     assert v["seqs"] == [] and len(blocked) == len(v["wsUrls"]) == 2, (v, blocked)
     assert v["stages"][-1] == "complete" and in_order(v["stages"]), v["stages"]
     expect(card(page, i).locator(".pct")).to_have_text("100 %")
@@ -389,3 +392,60 @@ def test_an_api_key_goes_in_headers_and_subprotocols_never_in_a_url(
         expect(alert).to_be_hidden()
         expect(page.locator("#api-key")).to_have_value("")  # not left on screen
         assert page.evaluate("() => sessionStorage.getItem('whisperx-serve.api-key')") == KEY
+
+
+def test_the_task_list_filters_by_status_and_pages(page: Any, service: Service) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from common.schemas import TaskParams
+    from storage.db import Database
+    from storage.models import TaskRow
+
+    # finished tasks from long ago, written straight into the service's database
+    db = Database(service.database_url)
+    old = datetime(2026, 1, 1, tzinfo=UTC)
+    with db.session() as session:
+        for k in range(12):
+            at = old + timedelta(minutes=k)
+            session.add(
+                TaskRow(
+                    id=f"old{k:02}" + "0" * 27,
+                    status="cancelled",
+                    task_type="speech-to-text",
+                    file_name=f"old-{k:02}.wav",
+                    params=TaskParams().model_dump(mode="json"),
+                    progress_percentage=0.0,
+                    progress_stage="queued",
+                    progress_seq=1,
+                    timings={},
+                    attempts=0,
+                    created_at=at,
+                    updated_at=at,
+                    completed_at=at,
+                )
+            )
+    db.dispose()
+    total = httpx.get(f"{service.base_url}/task/all", params={"status": "cancelled"}).json()[
+        "total"
+    ]
+    assert total >= 12
+
+    rows = page.locator("#list-body tr[data-task]")
+    page.select_option("#list-status", "cancelled")
+    expect(page.locator("#list-range")).to_have_text(f"1–10 of {total}")
+    expect(rows).to_have_count(10)
+    assert set(rows.evaluate_all("rs => rs.map(r => r.dataset.status)")) == {"cancelled"}
+    expect(page.locator("#list-prev")).to_be_disabled()
+    page.click("#list-next")
+    expect(page.locator("#list-range")).to_have_text(f"11–{total} of {total}")
+    expect(rows).to_have_count(total - 10)
+    expect(rows.last).to_contain_text("old-00.wav")  # newest first: the oldest comes last
+    expect(page.locator("#list-next")).to_be_disabled()
+    page.click("#list-prev")
+    expect(page.locator("#list-range")).to_have_text(f"1–10 of {total}")
+
+    # a listed task opens: a finished, not completed one shows as a card with its status
+    page.click("#list-next")
+    rows.last.locator("button").click()
+    opened = page.locator(f'#cards .card[data-task="old00{"0" * 27}"]')
+    expect(opened.locator(".badge")).to_have_text("cancelled")

@@ -42,6 +42,14 @@ async def test_page_and_assets_have_validators_and_cache_headers(
     assert (await client.get("/static/../ingress/app.py")).status_code == 404
 
 
+async def test_models_lists_the_names_a_request_may_choose(
+    client: httpx.AsyncClient, services: IngressServices
+) -> None:
+    assert (await client.get("/models")).json() == {"asr_models": []}
+    services.asr_models = ("large-v3", "tiny")
+    assert (await client.get("/models")).json() == {"asr_models": ["large-v3", "tiny"]}
+
+
 async def test_page_is_not_an_api_operation(client: httpx.AsyncClient) -> None:
     paths = (await client.get("/openapi.json")).json()["paths"]
     assert "/" not in paths and not any(p.startswith("/static") for p in paths)
