@@ -135,6 +135,14 @@ def test_jfk_upload_live_progress_transcript_player_and_download(
     page.evaluate("t => { document.querySelector('#player').currentTime = t; }", at)
     expect(first).to_have_class("w now")
     expect(word).to_have_class("w")
+    # keyboard: each paragraph's time is a button that plays from there
+    last = page.locator("#transcript .seg").last
+    last.locator(".time").focus()
+    page.keyboard.press("Enter")
+    para = float(last.locator(".w").first.get_attribute("data-start"))
+    page.wait_for_function(
+        "t => Math.abs(document.querySelector('#player').currentTime - t) < 0.01", arg=para
+    )
     # the browser streamed the audio with range requests, answered 206
     poll(page, lambda: any(s == 206 and cr for s, _, cr in media), what="a 206 for the audio")
     assert all(s in (200, 206) for s, _, _ in media), media
