@@ -1,9 +1,10 @@
 """The web page in a real headless browser against the real service.
 
 One real local Ray runs the deployed app on the offline bundle (SQLite, Whisper word
-times as with ``make run``) for the whole tier; Playwright drives Debian's Chromium
-(``/usr/bin/chromium``; Playwright's own browser download is never used). Each test gets
-a fresh browser context, so sessionStorage (the API key) starts empty.
+times as with ``make run``) for the tier's module; Playwright drives Debian's Chromium
+(``/usr/bin/chromium``; Playwright's own browser download is never used). Both stop when
+the module ends, before later tiers start a Ray or an event loop of their own. Each test
+gets a fresh browser context, so sessionStorage (the API key) starts empty.
 
 A keys-on variant needs only another service (``local_service(..., env={...})`` with the
 auth settings) and ``open_page(..., api_key=key)``, which puts the key in the tab's
@@ -32,7 +33,7 @@ PHONE = {"width": 390, "height": 844}
 SECOND_MODEL = "tiny-en-again"  # the bundle's one Whisper model under a second name
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # gone before the next tier starts a Ray of its own
 def service(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Service]:
     data_dir = tmp_path_factory.mktemp("web-data")
     args = bundle_args(APP, models_dir)
@@ -57,8 +58,8 @@ def ensure_chromium() -> None:
     assert CHROMIUM.is_file(), f"{CHROMIUM} missing: apt-get install -y chromium"
 
 
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
+@pytest.fixture(scope="module")  # Playwright's sync API holds an event loop while it runs:
+def browser() -> Iterator[Any]:  # stopped before the async tests of later tiers
     from playwright.sync_api import sync_playwright
 
     ensure_chromium()
