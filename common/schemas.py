@@ -382,6 +382,9 @@ class TaskPublic(BaseModel):
     audio_duration: float | None
     params: TaskParams
     result: Transcript | None
+    speaker_names: dict[str, str] = {}
+    """Names given to diarized speakers (``PUT /task/{identifier}/speakers``); ``result``
+    keeps the labels, the downloads (``/result``) show the names."""
     error: TaskError | None
     progress_percentage: float
     progress_stage: TaskProgressStage

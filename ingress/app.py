@@ -23,7 +23,8 @@ from ingress.catalog import AsrCatalog
 from ingress.errors import document_error_shape, install_error_handlers
 from ingress.limits import RequestLimitsMiddleware
 from ingress.request_id import RequestIdMiddleware, serve_request_id
-from ingress.routes import health, openai_compat, results, stages, tasks
+from ingress.routes import audio, health, openai_compat, results, speakers, stages, tasks
+from ingress.routes.page import mount_page
 from ingress.routes.url import router as url_router
 from ingress.services import IngressServices
 from ingress.submit import accept_task, new_task_id
@@ -56,6 +57,9 @@ def create_app(services: IngressServices) -> FastAPI:
     app.include_router(stages.router)
     app.include_router(health.router)
     app.include_router(ws_router)
+    app.include_router(audio.router)
+    app.include_router(speakers.router)
+    mount_page(app)
     # Starlette runs the last added middleware outermost: CORS, request id, limits, auth.
     install_auth(app, services.db, services.config)
     app.add_middleware(RequestLimitsMiddleware, config=services.config)
@@ -101,6 +105,7 @@ class Ingress:
         config: IngressConfig,
         mirror_interval_s: float,
         asr_catalog: AsrCatalog | None = None,
+        asr_models: tuple[str, ...] = (),
     ) -> None:
         settings = Settings()
         configure_service_logging(settings.log_level)
@@ -129,6 +134,7 @@ class Ingress:
             deployments_ready=deployments_ready,
             events=RedisEventReader(bus, publisher_state=publisher_state) if bus else None,
             asr_catalog=asr_catalog,
+            asr_models=tuple(asr_models),
         )
         await asyncio.to_thread(log_auth_state, self._services.db, config)
 

@@ -52,6 +52,10 @@ WS_BEARER_PREFIX = "bearer."
 CLOSE_UNAUTHORIZED = 4401
 OPEN_PATHS = frozenset({"/health", "/health/live", "/health/ready"})
 """Answered without a key whatever the mode: load balancers and orchestrators probe them."""
+PAGE_PATHS = frozenset({"/"})
+PAGE_PREFIX = "/static/"
+"""The web page's HTML, CSS and JS: no data, and it must load so a person can enter a key
+(every call it makes then carries the key)."""
 DOC_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 SUBMIT_PATHS = frozenset(
     {
@@ -285,7 +289,9 @@ class AuthMiddleware:
         root = scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root) :] or "/"
-        if path in self.open_paths:
+        if path in self.open_paths or (
+            scope["type"] == "http" and (path in PAGE_PATHS or path.startswith(PAGE_PREFIX))
+        ):
             await self.app(scope, receive, send)
             return
         try:

@@ -124,6 +124,43 @@ def _write_tsv_with_speakers(result: dict[str, Any], file: io.StringIO) -> None:
         print(start, end, text, speaker, sep="\t", file=file)
 
 
+def with_speaker_names(transcript: Transcript, names: dict[str, str]) -> Transcript:
+    """The transcript with each diarized label replaced by the name a person gave it.
+
+    Labels without a name stay as they are; the stored result is never changed.
+    """
+    if not names:
+        return transcript
+
+    def name(label: str | None) -> str | None:
+        return names.get(label, label) if label is not None else None
+
+    return transcript.model_copy(
+        update={
+            "segments": [
+                s.model_copy(
+                    update={
+                        "speaker": name(s.speaker),
+                        "words": [
+                            w.model_copy(update={"speaker": name(w.speaker)}) for w in s.words
+                        ],
+                    }
+                )
+                for s in transcript.segments
+            ],
+            "speakers": [names.get(label, label) for label in transcript.speakers],
+            "speaker_turns": (
+                [
+                    t.model_copy(update={"speaker": names.get(t.speaker, t.speaker)})
+                    for t in transcript.speaker_turns
+                ]
+                if transcript.speaker_turns is not None
+                else None
+            ),
+        }
+    )
+
+
 def writer_input(transcript: Transcript) -> dict[str, Any]:
     """The ``result`` dict whisperx's writers expect, built from our transcript.
 

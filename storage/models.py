@@ -40,6 +40,8 @@ class TaskRow(Base):
     inputs: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
     """Single-stage tasks' given inputs (a transcript to align, diarization to combine)."""
     result: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    speaker_names: Mapped[dict[str, str] | None] = mapped_column(JsonType)
+    """Display names for diarized labels (``SPEAKER_00`` → ``Alice``); the result keeps labels."""
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
     error_detail: Mapped[str | None] = mapped_column(Text)
@@ -86,6 +88,7 @@ class TaskRow(Base):
             audio_duration=self.audio_duration,
             params=TaskParams.model_validate(self.params),
             result=Transcript.model_validate(self.result) if self.result is not None else None,
+            speaker_names=dict(self.speaker_names or {}),
             error=error,
             progress_percentage=self.progress_percentage,
             progress_stage=TaskProgressStage(self.progress_stage),

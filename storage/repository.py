@@ -186,6 +186,13 @@ def delete_task(db: Database, *, task_id: str) -> TaskRow | None:
         return row
 
 
+def set_speaker_names(db: Database, *, task_id: str, names: dict[str, str]) -> TaskRow | None:
+    """Replace the task's speaker display names; returns the updated row (None: unknown)."""
+    if not _update(db, task_id, true(), speaker_names=names or None, updated_at=utcnow()):
+        return None
+    return get_task(db, task_id=task_id)
+
+
 def request_cancel(db: Database, *, task_id: str) -> TaskStatus | None:
     """Cancel a task: at once if it is still queued, else flag it for its runner.
 

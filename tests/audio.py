@@ -10,6 +10,13 @@ import numpy as np
 from deployments.audio import SAMPLE_RATE
 
 
+def sample_wav() -> Path:
+    """pyannote's two-speaker sample, 30 s (importing pyannote.audio.sample would decode it)."""
+    import pyannote.audio
+
+    return Path(pyannote.audio.__file__).parent / "sample" / "sample.wav"
+
+
 def write_wav(audio: np.ndarray, path: Path, rate: int = SAMPLE_RATE) -> Path:
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)

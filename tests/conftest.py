@@ -19,7 +19,7 @@ MODELS_DIR = Path(
 ).resolve()
 JFK = MODELS_DIR / "audio" / "jfk.flac"
 
-_TIERS = ("unit", "integration", "e2e")
+_TIERS = ("unit", "integration", "e2e", "browser")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

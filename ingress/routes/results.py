@@ -15,7 +15,7 @@ from common.errors import TaskNotFinishedError, validation_error_from
 from common.schemas import TaskPublic, TaskStatus, Transcript
 from ingress.auth import CallerDep, visible_task
 from ingress.errors import error_responses
-from ingress.formats import ResultFormat, SubtitleOptions, render
+from ingress.formats import ResultFormat, SubtitleOptions, render, with_speaker_names
 from ingress.services import ServicesDep
 
 router = APIRouter()
@@ -76,7 +76,8 @@ def subtitle_options(
     description=(
         "`json` is the task's `Transcript` (as in `GET /task/{identifier}`); `srt`, `vtt`, "
         "`txt` and `tsv` are written by whisperx's own writers, with `[SPEAKER_xx]: ` labels "
-        "when the task was diarized. A diarize-only task gives one cue per speaker turn. "
+        "when the task was diarized (or the names given with `PUT /task/{identifier}/speakers`"
+        ", in every format). A diarize-only task gives one cue per speaker turn. "
         "The response is an attachment named after the uploaded file."
     ),
     response_class=Response,
@@ -102,7 +103,8 @@ async def get_task_result(
             f"The task is {task.status.value}, not completed, so it has no result yet.{hint}",
             f"task {identifier[:64]!r} status={task.status.value}",
         )
-    body = await asyncio.to_thread(render, task.result or Transcript(), format, options)
+    transcript = with_speaker_names(task.result or Transcript(), task.speaker_names)
+    body = await asyncio.to_thread(render, transcript, format, options)
     return Response(
         content=body.encode("utf-8"),
         media_type=format.media_type,

@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import REPO
-from tests.ports import free_port
+from tests.serving import Service, bundle_args, local_service
 from tests.waiting import wait_until
 
 PG_BASE = os.environ.get(
@@ -34,14 +34,7 @@ may show them (tests/integration/test_observability.py scans for them)."""
 BASE_MODEL = REPO / "models" / "whisper-base"
 """The optional multilingual Whisper base (``make models`` / scripts/fetch_models.py)."""
 
-
-@dataclass
-class Service:
-    base_url: str
-    ws_url: str
-    database_url: str
-    data_dir: Path
-    app_args: dict[str, object]
+__all__ = ["APP", "Service"]
 
 
 @contextmanager
@@ -85,22 +78,12 @@ def service(
     models_dir: Path,
     tiny_aligner: Path,
 ) -> Iterator[Service]:
-    import ray
-    from ray import serve
-
-    from ingress.builder import build_app
-
-    data_dir = tmp_path_factory.mktemp("data")
     env = {
-        "WHISPERX_SERVE_DATA_DIR": str(data_dir),
         # a password in the URL (the local PostgreSQL trusts, so it still connects)
         "WHISPERX_SERVE_DATABASE_URL": database_url.replace(
             "postgres@", f"postgres:{DB_PASSWORD_MARKER}@", 1
         ),
         "WHISPERX_SERVE_HF_TOKEN": f"hf_{HF_TOKEN_MARKER}0123456789abcdef",
-        "PYANNOTE_METRICS_ENABLED": "0",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
         # progress events also go to the local Redis, under keys of this session only
         "WHISPERX_SERVE_REDIS_URL": "redis://127.0.0.1:6379/0",
         "WHISPERX_SERVE_REDIS_PREFIX": f"whisperx-it-{uuid.uuid4().hex[:10]}",
@@ -108,59 +91,26 @@ def service(
         # URL downloads and callbacks may reach test servers on 127.0.0.1 (nothing else)
         "WHISPERX_SERVE_URL_FETCH_ALLOW_NETWORKS": "127.0.0.1/32",
     }
-    args = {
-        "name": APP,
-        "models_dir": str(models_dir),
-        "asr": {
-            "model": "asr/faster-whisper-tiny.en",
-            # loaded on its first request (tests/integration/test_multilingual.py)
-            "models": {"base": str(BASE_MODEL)} if BASE_MODEL.is_dir() else {},
-            "compute_type": "int8",
-            "batch_size": 4,
-            "local_files_only": True,
-            "resources": {"num_cpus": 0.25},
-        },
-        "alignment": {
-            "models": {"en": str(tiny_aligner)},
-            "use_default_models": False,
-            "nltk_data": "nltk_data",
-            "resources": {"num_cpus": 0.25},
-        },
-        "diarization": {
-            "pipeline": None,
-            "segmentation": "diarization/segmentation-3.0",
-            "embedding": "diarization/campplus-cn-en-common/campplus_cn_en_common.pt",
-            "resources": {"num_cpus": 0.25},
-        },
-        "runner": {"max_concurrent_tasks": 2, "lease_seconds": 8, "poll_interval_seconds": 1},
-        # The queue bound sits above test_backpressure's burst of 1,000 (test_auth fills the
-        # queue past it); the upload limit is small enough that the hostile-input tests can
-        # pass it quickly.
-        "ingress": {
-            "max_queued_tasks": QUEUE_BOUND,
-            "overload_retry_after_seconds": 2,
-            "max_upload_bytes": 16 * 1024 * 1024,
-            "body_idle_timeout_seconds": 5,
-        },
+    args = bundle_args(APP, models_dir, aligner=tiny_aligner)
+    # loaded on its first request (tests/integration/test_multilingual.py)
+    args["asr"]["models"] = {"base": str(BASE_MODEL)} if BASE_MODEL.is_dir() else {}
+    # The queue bound sits above test_backpressure's burst of 1,000 (test_auth fills the
+    # queue past it); the upload limit is small enough that the hostile-input tests can
+    # pass it quickly.
+    args["ingress"] = {
+        "max_queued_tasks": QUEUE_BOUND,
+        "overload_retry_after_seconds": 2,
+        "max_upload_bytes": 16 * 1024 * 1024,
+        "body_idle_timeout_seconds": 5,
     }
-    # Workers get the settings through runtime_env; this process's environment stays
-    # untouched so later tests (unit tier) never see the integration database.
-    ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env})
-    try:  # a failed start must not leave a half-started Ray to the tests after it
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        # JSON logs, as serve_config.yaml has them in production
-        serve.run(build_app(args), name=APP, route_prefix="/", logging_config={"encoding": "JSON"})
-        base = f"http://127.0.0.1:{port}"
-        wait_until(
-            lambda: httpx.get(f"{base}/health/ready", timeout=5).status_code == 200,
-            timeout=300,
-            what="/health/ready",
-        )
-        yield Service(base, f"ws://127.0.0.1:{port}", database_url, data_dir, args)
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    with local_service(
+        args,
+        data_dir=tmp_path_factory.mktemp("data"),
+        database_url=database_url,
+        env=env,
+        logging_config={"encoding": "JSON"},  # as serve_config.yaml has it in production
+    ) as service:
+        yield service
 
 
 @dataclass

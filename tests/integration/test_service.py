@@ -13,20 +13,13 @@ import pytest
 from storage import repository
 from storage.db import Database
 from storage.models import TaskRow
-from tests.audio import write_wav
+from tests.audio import sample_wav, write_wav
 from tests.conftest import normalise
 from tests.integration.conftest import APP, Service
 from tests.streams import assert_well_ordered, collect, submit
 from tests.waiting import wait_until
 
 PHRASE = "ask not what your country can do for you"
-
-
-def sample_wav() -> Path:
-    """pyannote's two-speaker sample (importing pyannote.audio.sample would decode it)."""
-    import pyannote.audio
-
-    return Path(pyannote.audio.__file__).parent / "sample" / "sample.wav"
 
 
 def task(service: Service, task_id: str) -> dict:  # type: ignore[type-arg]

@@ -40,7 +40,7 @@ def _tables(path: Path) -> set[str]:
         return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
 
 
-HEAD = "0003"
+HEAD = "0004"
 
 
 def _version(path: Path) -> list[str]:
@@ -202,3 +202,31 @@ def test_upgrade_from_0001_keeps_every_row(tmp_path: Path) -> None:
     assert all(r.owner_key_id is None for r in rows)  # 0003: existing tasks have no owner
     assert repo.request_cancel(db, task_id="t0") is TaskStatus.cancelled  # new column works
     db.dispose()
+
+
+def test_upgrade_from_0002_keeps_rows_and_adds_speaker_names(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    url = f"sqlite:///{path}"
+    migrate(url, "0002")
+    db = Database(url)
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "INSERT INTO tasks (id, status, task_type, params, progress_percentage, "
+            "progress_stage, progress_seq, timings, attempts, created_at, updated_at, result) "
+            "VALUES ('old', 'completed', 'speech-to-text', '{}', 100, 'complete', 7, '{}', 1, "
+            "'2026-01-01 00:00:00.000000', '2026-01-01 00:00:00.000000', "
+            '\'{"language": "en", "segments": [], "speakers": ["SPEAKER_00"]}\')'
+        )
+    migrate(url)
+    assert _version(path) == [HEAD]
+    row = repo.get_task(db, task_id="old")
+    assert row is not None and row.progress_seq == 7 and row.speaker_names is None
+    assert row.to_public().speaker_names == {}
+    updated = repo.set_speaker_names(db, task_id="old", names={"SPEAKER_00": "Ann"})
+    assert updated is not None and updated.to_public().speaker_names == {"SPEAKER_00": "Ann"}
+    db.dispose()
+    downgrade(url, "0002")
+    with sqlite3.connect(path) as conn:
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(tasks)")}
+        assert [r[0] for r in conn.execute("SELECT id FROM tasks")] == ["old"]
+    assert "speaker_names" not in columns and "inputs" in columns

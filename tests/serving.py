@@ -1,0 +1,108 @@
+"""One real local Ray running the deployed app with the real bundle models, for the tiers
+that need the whole service (integration, browser).
+
+``bundle_args`` are the app's ``args`` on the offline bundle (CPU, Whisper tiny.en, the
+offline diarization parts); ``local_service`` starts Ray and Serve with them, waits for
+``/health/ready`` and shuts everything down afterwards, also when the start fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.ports import free_port
+from tests.waiting import wait_until
+
+OFFLINE_ENV = {
+    "PYANNOTE_METRICS_ENABLED": "0",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+}
+
+
+@dataclass
+class Service:
+    base_url: str
+    ws_url: str
+    database_url: str
+    data_dir: Path
+    app_args: dict[str, object]
+
+
+def bundle_args(name: str, models_dir: Path, *, aligner: Path | None = None) -> dict[str, Any]:
+    """App args on the offline bundle; ``aligner`` (a wav2vec2 folder) aligns English, else
+    word times come from Whisper, as with ``make run``."""
+    return {
+        "name": name,
+        "models_dir": str(models_dir),
+        "asr": {
+            "model": "asr/faster-whisper-tiny.en",
+            "compute_type": "int8",
+            "batch_size": 4,
+            "local_files_only": True,
+            "resources": {"num_cpus": 0.25},
+        },
+        "alignment": {
+            "models": {"en": str(aligner)} if aligner is not None else {},
+            "use_default_models": False,
+            "nltk_data": "nltk_data",
+            "resources": {"num_cpus": 0.25},
+        },
+        "diarization": {
+            "pipeline": None,
+            "segmentation": "diarization/segmentation-3.0",
+            "embedding": "diarization/campplus-cn-en-common/campplus_cn_en_common.pt",
+            "resources": {"num_cpus": 0.25},
+        },
+        "runner": {"max_concurrent_tasks": 2, "lease_seconds": 8, "poll_interval_seconds": 1},
+    }
+
+
+@contextmanager
+def local_service(
+    args: dict[str, Any],
+    *,
+    data_dir: Path,
+    database_url: str,
+    env: dict[str, str] | None = None,
+    logging_config: dict[str, Any] | None = None,
+) -> Iterator[Service]:
+    import ray
+    from ray import serve
+
+    from ingress.builder import build_app
+
+    worker_env = {
+        "WHISPERX_SERVE_DATA_DIR": str(data_dir),
+        "WHISPERX_SERVE_DATABASE_URL": database_url,
+        **OFFLINE_ENV,
+        **(env or {}),
+    }
+    # Workers get the settings through runtime_env; this process's environment stays
+    # untouched so later tests (unit tier) never see the service's database.
+    ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": worker_env})
+    try:  # a failed start must not leave a half-started Ray to the tests after it
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(
+            build_app(args),
+            name=str(args["name"]),
+            route_prefix="/",
+            logging_config=logging_config,
+        )
+        base = f"http://127.0.0.1:{port}"
+        wait_until(
+            lambda: httpx.get(f"{base}/health/ready", timeout=5).status_code == 200,
+            timeout=300,
+            what="/health/ready",
+        )
+        yield Service(base, f"ws://127.0.0.1:{port}", database_url, data_dir, args)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
