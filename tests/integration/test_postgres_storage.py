@@ -33,7 +33,7 @@ from storage.models import Base
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
-HEAD = "0003"
+HEAD = "0004"
 BASE_URL = os.environ.get(
     "WHISPERX_SERVE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )

@@ -51,7 +51,7 @@ from tests.fakes import Notifier
 from tests.integration.conftest import APP, Service
 from tests.ports import free_port
 from tests.streams import Stream, assert_well_ordered, collect, submit
-from tests.waiting import wait_until
+from tests.waiting import wait_until, wait_until_async
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 TERMINAL = ("completed", "failed", "cancelled")
@@ -456,9 +456,9 @@ async def test_restarted_tracker_continues_seq_after_the_stream(
             ids = [int(i.split("-")[0]) for i, _ in direct.xrange(bus.stream_key("t"))]
             return ids if ids and ids[-1] >= 6 else None
 
-        assert wait_until(stream_seqs, timeout=10, what="new event in Redis")[:6] == list(
-            range(1, 7)
-        )
+        # polled without blocking the loop: the tracker publishes from this very loop
+        seqs = await wait_until_async(stream_seqs, timeout=10, what="new event in Redis")
+        assert seqs[:6] == list(range(1, 7))
     finally:
         await tracker.close()
         direct.close()
