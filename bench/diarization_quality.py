@@ -44,13 +44,15 @@ DATA = Path(__file__).resolve().parent / ".data" / "diarization"
 SR = 16_000
 
 
-def load_clips(data: Path, only: str | None) -> list[dict]:
+def load_clips(data: Path, only: str | None, names: str | None = None) -> list[dict]:
     from faster_whisper import decode_audio
 
     clips = []
     for meta in sorted(data.glob("*.json")):
         clip = json.loads(meta.read_text())
         if only and not any(o in clip["kind"] for o in only.split(",")):
+            continue
+        if names and clip["name"] not in names.split(","):
             continue
         clip["audio"] = np.asarray(
             decode_audio(str(meta.with_suffix(".wav")), sampling_rate=SR), dtype=np.float32
@@ -359,12 +361,13 @@ def main() -> None:
     ap.add_argument("--side", choices=["ours", "pyannote"], default="ours")
     ap.add_argument("--true-count", action="store_true")
     ap.add_argument("--only", help="clip types containing one of these (comma-separated)")
+    ap.add_argument("--clips", help="only these clip names (comma-separated)")
     ap.add_argument("--set", action="append", default=[], help="DiarizationConfig field=value")
     ap.add_argument("--json", type=Path, help="write the per-clip rows here")
     ap.add_argument("--data", type=Path, default=DATA)
     args = ap.parse_args()
     print(f"load average {os.getloadavg()}")
-    clips = load_clips(args.data, args.only)
+    clips = load_clips(args.data, args.only, args.clips)
     if args.side == "pyannote":
         side = PlainPyannote()
     else:

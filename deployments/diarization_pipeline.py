@@ -43,9 +43,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ClusteringParams:
-    threshold: float = 0.5
+    threshold: float = 0.45
     """Average-linkage cosine *distance* at which two clusters stop merging."""
-    min_cluster_seconds: float = 4.0
+    min_cluster_seconds: float = 5.0
     """A cluster with less clean speech than this is merged into its nearest cluster, unless
     that would go below ``min_speakers``. Measured in seconds of audio: each window's
     activity is scaled by step / window, so the value holds for any segmentation step."""
@@ -53,13 +53,14 @@ class ClusteringParams:
     """Two clusters whose centroids are closer than this cosine distance are merged (while
     above ``min_speakers``): average linkage over noisy short-window embeddings splits a
     voice that its centroid shows to be one."""
-    min_active_seconds: float = 0.5
+    min_active_seconds: float = 2.0
     """A local speaker needs this much clean (non-overlapped) speech in a window for its
     embedding to train the clustering; the others are only assigned."""
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-8)
+    out: np.ndarray = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-8)
+    return out
 
 
 def _centroids(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
@@ -130,7 +131,9 @@ def _merge_close(x: np.ndarray, labels: np.ndarray, max_distance: float, floor: 
     return _relabel(labels)
 
 
-def _cut_into(tree: np.ndarray, x: np.ndarray, weights: np.ndarray, k: int, min_mass: float):
+def _cut_into(
+    tree: np.ndarray, x: np.ndarray, weights: np.ndarray, k: int, min_mass: float
+) -> np.ndarray:
     """``k`` clusters from the tree: the finest cut that holds ``k`` clusters of at least
     ``min_mass`` (the rest join their nearest), so a requested count comes from separating
     real groups, not from peeling off a handful of odd embeddings."""
@@ -269,9 +272,9 @@ class BatchedCamppDiarization(SpeakerDiarization):
             None if embedding_max_seconds is None else max(10, int(embedding_max_seconds * 100))
         )
         del self.clustering  # pyannote's sub-pipeline, with hyper-parameters of its own
-        self.clustering = CosineClustering(clustering_params)  # type: ignore[assignment]
+        self.clustering = CosineClustering(clustering_params)
 
-    def get_embeddings(  # type: ignore[override]
+    def get_embeddings(
         self,
         file: Any,
         binary_segmentations: Any,

@@ -31,8 +31,6 @@ MODELS_DIR = Path(
 SEGMENTATION = Path("diarization/segmentation-3.0")
 EMBEDDING = Path("diarization/campplus-cn-en-common/campplus_cn_en_common.pt")
 SR = 16_000
-CLUSTERING_THRESHOLD = 0.5
-"""Average-linkage cosine distance. sample.wav's two speakers merge at 0.59, so 0.6 is too high."""
 
 if not (MODELS_DIR / EMBEDDING).exists():
     pytest.skip(f"offline model bundle not found at {MODELS_DIR}", allow_module_level=True)
@@ -56,7 +54,6 @@ def _config(**overrides: object) -> DiarizationConfig:
         "pipeline": None,
         "segmentation": SEGMENTATION,
         "embedding": EMBEDDING,
-        "clustering_threshold": CLUSTERING_THRESHOLD,
     }
     return DiarizationConfig.model_validate(fields | overrides)
 
