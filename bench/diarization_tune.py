@@ -25,6 +25,7 @@ def main() -> None:
     ap.add_argument("--merge", default="0.3")
     ap.add_argument("--only")
     ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--json", type=Path, help="write the rows of the last setting here")
     args = ap.parse_args()
     from common.schemas import DiarizeRequest
     from deployments.diarization_pipeline import ClusteringParams, CosineClustering
@@ -121,6 +122,13 @@ def main() -> None:
         )
         print(line, flush=True)
         summary.append(line)
+        if args.json:
+            import json
+
+            for r in rows:
+                r["der_num"] = r["der"] * r["total"]
+            args.json.write_text(json.dumps(rows, indent=1))
+            print(q.table(rows, line))
         if args.verbose:
             for r in rows:
                 print(

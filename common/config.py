@@ -108,7 +108,7 @@ class DiarizationConfig(_ModelConfig):
     clustering_threshold: float = Field(0.45, gt=0, lt=2)
     """Offline parts: average-linkage cosine distance at which two speaker clusters stop
     merging. Lower finds more speakers (and splits voices sooner); see BENCHMARKS.md."""
-    min_cluster_seconds: float = Field(5.0, ge=0)
+    min_cluster_seconds: float = Field(3.0, ge=0)
     """Offline parts: a speaker cluster with less clean speech than this (seconds of audio)
     is merged into its nearest cluster, unless a speaker-count bound forbids it."""
     merge_distance: float = Field(0.3, ge=0, lt=2)

@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 class ClusteringParams:
     threshold: float = 0.45
     """Average-linkage cosine *distance* at which two clusters stop merging."""
-    min_cluster_seconds: float = 5.0
+    min_cluster_seconds: float = 3.0
     """A cluster with less clean speech than this is merged into its nearest cluster, unless
     that would go below ``min_speakers``. Measured in seconds of audio: each window's
     activity is scaled by step / window, so the value holds for any segmentation step."""
