@@ -66,8 +66,8 @@ class Senko:
             line = self.proc.stdout.readline()
             if not line:
                 raise RuntimeError("senko worker exited")
-            if line.startswith("{"):
-                return json.loads(line)
+            if '{"' in line:  # senko may print colour codes without a newline first
+                return json.loads(line[line.index('{"') :])
 
     def diarize(self, wav: Path) -> tuple[float, list]:
         assert self.proc.stdin is not None

