@@ -319,7 +319,7 @@ def test_little_speech_still_gets_turns_and_every_word_a_speaker(
     engine: DiarizationEngine, jfk: np.ndarray, sample: np.ndarray
 ) -> None:
     audio = 1e-4 * np.random.default_rng(1).standard_normal(30 * SR).astype(np.float32)
-    audio[10 * SR : int(11.5 * SR)] += jfk[2 * SR : int(3.5 * SR)]
+    audio[10 * SR : int(11.5 * SR)] += jfk[int(0.3 * SR) : int(1.8 * SR)]  # "and so my fellow"
     audio[20 * SR : int(21.5 * SR)] += sample[22 * SR : int(23.5 * SR)]
     words = [
         Word(word="so", start=10.3, end=10.3),  # zero-length, as Whisper timing gives
