@@ -109,9 +109,29 @@ class DiarizationConfig(_ModelConfig):
     """Offline parts: the CAM++ speaker-embedding state_dict."""
     plda: Path | None = None
     """Offline parts: a VBx PLDA folder; used only when the embedding is 256-dimensional."""
-    clustering_threshold: float = Field(0.5, gt=0, lt=2)
-    """Cosine-distance cut for agglomerative clustering of CAM++ embeddings (measured on
-    pyannote's sample: two speakers merge at 0.59, same-speaker merges stay below 0.27)."""
+    clustering_threshold: float = Field(0.45, gt=0, lt=2)
+    """Offline parts: average-linkage cosine distance at which two speaker clusters stop
+    merging. Lower finds more speakers (and splits voices sooner); see BENCHMARKS.md."""
+    min_cluster_seconds: float = Field(3.0, ge=0)
+    """Offline parts: a speaker cluster with less clean speech than this (seconds of audio)
+    is merged into its nearest cluster, unless a speaker-count bound forbids it."""
+    merge_distance: float = Field(0.3, ge=0, lt=2)
+    """Offline parts: clusters whose centroids are closer than this cosine distance are
+    merged (average linkage over short-window embeddings splits some voices)."""
+    min_active_seconds: float = Field(2.0, ge=0)
+    """Offline parts: clean speech a local speaker needs in one 10 s window for its embedding
+    to shape the clusters (shorter ones are only assigned to a cluster)."""
+    segmentation_step: float = Field(0.2, gt=0, le=1)
+    """Offline parts: step of the 10 s segmentation window as a fraction of it (0.1 = 1 s).
+    The main speed knob: embeddings and segmentation cost scale with 1 / step."""
+    embedding_batch_size: int = Field(32, ge=1)
+    """Offline parts: CAM++ items per forward pass (items of one length are batched)."""
+    embedding_max_seconds: float | None = Field(None, gt=0.05)
+    """Offline parts: embed at most this much of a local speaker's speech per window (the
+    middle of it); None embeds all of it. Cuts embedding time on long turns."""
+    embedding_quantum: int = Field(10, ge=1)
+    """Offline parts: a local speaker's active frames are shortened to a multiple of this
+    many 10 ms frames, so nearly equal items share a batch without padding."""
     min_duration_off: float = Field(0.0, ge=0)
     cpu_threads: int = Field(2, ge=1)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -293,3 +294,47 @@ def load_campplus(path: Path, device: torch.device) -> CamPlusPlusEmbedding:
     model.eval().to(device)
     logger.info("loaded CAM++ from %s on %s in %.2fs", path, device, time.perf_counter() - started)
     return model
+
+
+def masked_features(
+    fbank_chunk: torch.Tensor, active: torch.Tensor, quantum: int, max_frames: int | None = None
+) -> torch.Tensor:
+    """The frames of ``fbank_chunk (frames, 80)`` where ``active``, at most ``max_frames`` of
+    them (the middle ones), shortened to a multiple of ``quantum`` frames (at least
+    ``MIN_NUM_FRAMES``) and mean-normalised as one segment.
+
+    Shortening to a multiple of ``quantum`` lets items of nearly equal length share one
+    batch with no padding (padding would change CAM++'s context means and statistics)."""
+    selected = fbank_chunk[active]
+    n = selected.shape[0]
+    if max_frames is not None and n > max_frames:
+        start = (n - max_frames) // 2
+        selected = selected[start : start + max_frames]
+        n = max_frames
+    if n >= max(quantum, MIN_NUM_FRAMES):
+        selected = selected[: n - n % quantum]
+    return selected - selected.mean(dim=0)
+
+
+@torch.inference_mode()
+def embed_batched(
+    model: CAMPPlus,
+    items: list[torch.Tensor],
+    batch_size: int,
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Embeds mean-normalised feature sequences ``(frames_i, 80)``; sequences of one length go
+    through the network together in batches of ``batch_size``. Sequences shorter than
+    ``MIN_NUM_FRAMES`` give NaN rows (pyannote drops NaN embeddings)."""
+    out = torch.full((len(items), EMBEDDING_DIM), float("nan"))
+    by_length: dict[int, list[int]] = {}
+    for i, item in enumerate(items):
+        if item.shape[0] >= MIN_NUM_FRAMES:
+            by_length.setdefault(item.shape[0], []).append(i)
+    for _, idx in sorted(by_length.items()):
+        for start in range(0, len(idx), batch_size):
+            part = idx[start : start + batch_size]
+            out[part] = model(torch.stack([items[i] for i in part])).float()
+            if progress is not None:
+                progress(len(part))
+    return out

@@ -197,31 +197,50 @@ class DiarizationEngine:
                     embedding.dimension,
                 )
 
+        if plda is None:
+            from deployments.diarization_pipeline import (
+                BatchedCamppDiarization,
+                ClusteringParams,
+            )
+
+            pipeline = BatchedCamppDiarization(
+                segmentation=segmentation,
+                campplus=embedding,
+                embedding_quantum=config.embedding_quantum,
+                embedding_max_seconds=config.embedding_max_seconds,
+                clustering_params=ClusteringParams(
+                    threshold=config.clustering_threshold,
+                    min_cluster_seconds=config.min_cluster_seconds,
+                    min_active_seconds=config.min_active_seconds,
+                    merge_distance=config.merge_distance,
+                ),
+                segmentation_step=config.segmentation_step,
+                embedding_exclude_overlap=True,
+                plda=_placeholder_plda(),
+                clustering="AgglomerativeClustering",  # replaced by CosineClustering
+                embedding_batch_size=config.embedding_batch_size,
+                segmentation_batch_size=16,
+            )
+            pipeline.instantiate({"segmentation": {"min_duration_off": config.min_duration_off}})
+            return pipeline
         pipeline = SpeakerDiarization(
             segmentation=segmentation,
             embedding=embedding,
             embedding_exclude_overlap=True,  # as pyannote 3.1 and community-1 do
-            plda=plda if plda is not None else _placeholder_plda(),
-            clustering="VBxClustering" if plda is not None else "AgglomerativeClustering",
-            embedding_batch_size=16,
+            plda=plda,
+            clustering="VBxClustering",
+            segmentation_step=config.segmentation_step,
+            embedding_batch_size=config.embedding_batch_size,
             segmentation_batch_size=16,
         )
-        if plda is not None:
-            clustering: dict[str, float | str] = {
-                "threshold": config.clustering_threshold,
-                "Fa": VBX_FA,
-                "Fb": VBX_FB,
-            }
-        else:
-            clustering = {
-                "method": AGGLOMERATIVE_METHOD,
-                "min_cluster_size": MIN_CLUSTER_SIZE,
-                "threshold": config.clustering_threshold,
-            }
         pipeline.instantiate(
             {
                 "segmentation": {"min_duration_off": config.min_duration_off},
-                "clustering": clustering,
+                "clustering": {
+                    "threshold": config.clustering_threshold,
+                    "Fa": VBX_FA,
+                    "Fb": VBX_FB,
+                },
             }
         )
         return pipeline
@@ -296,14 +315,65 @@ class DiarizationEngine:
 
     @staticmethod
     def _assign(transcript: Transcript, turns: list[SpeakerTurn]) -> Transcript:
-        import pandas as pd
-        from whisperx.diarize import assign_word_speakers
+        return assign_speakers(transcript, turns)
 
-        diarize_df = pd.DataFrame(
-            [t.model_dump() for t in turns], columns=["start", "end", "speaker"]
+
+NEAREST_TURN_SECONDS = 1.0
+"""A timed word or segment that overlaps no turn takes the speaker of the nearest turn
+within this distance (speech the segmentation missed at a turn's edge); further away it
+stays unlabelled."""
+
+
+def _speaker_of(start: float, end: float, turns: list[SpeakerTurn]) -> str | None:
+    """The speaker who talks longest within [start, end]; for a zero-length span (a word
+    whose start equals its end), the turn containing it; else the nearest turn close by.
+
+    whisperx.assign_word_speakers drops zero-length words (their intersection with any turn
+    is 0) and every word between two turns, so words inside a turn came back unlabelled."""
+    overlap: dict[str, float] = {}
+    inside: str | None = None
+    nearest: tuple[float, str] | None = None
+    for t in turns:
+        shared = min(t.end, end) - max(t.start, start)
+        if shared > 0:
+            overlap[t.speaker] = overlap.get(t.speaker, 0.0) + shared
+        elif t.start <= start <= t.end and inside is None:
+            inside = t.speaker
+        gap = max(t.start - end, start - t.end, 0.0)
+        if nearest is None or gap < nearest[0]:
+            nearest = (gap, t.speaker)
+    if overlap:
+        return max(overlap.items(), key=lambda kv: kv[1])[0]
+    if inside is not None:
+        return inside
+    if nearest is not None and nearest[0] <= NEAREST_TURN_SECONDS:
+        return nearest[1]
+    return None
+
+
+def assign_speakers(transcript: Transcript, turns: list[SpeakerTurn]) -> Transcript:
+    """Label each timed word and each segment with the speaker of its turn; words without
+    times keep no speaker, and so does everything when there are no turns."""
+    if not turns:
+        return transcript.model_copy(deep=True)
+    segments = []
+    for seg in transcript.segments:
+        words = [
+            w
+            if w.start is None
+            else w.model_copy(
+                update={
+                    "speaker": _speaker_of(w.start, w.end if w.end is not None else w.start, turns)
+                }
+            )
+            for w in seg.words
+        ]
+        segments.append(
+            seg.model_copy(
+                update={"speaker": _speaker_of(seg.start, seg.end, turns), "words": words}
+            )
         )
-        labelled = assign_word_speakers(diarize_df, transcript.model_dump(exclude_none=True))
-        return Transcript.model_validate(labelled)
+    return transcript.model_copy(update={"segments": segments})
 
 
 @serve.deployment(name="DiarizationDeployment", max_ongoing_requests=4)

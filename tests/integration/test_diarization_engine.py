@@ -31,8 +31,6 @@ MODELS_DIR = Path(
 SEGMENTATION = Path("diarization/segmentation-3.0")
 EMBEDDING = Path("diarization/campplus-cn-en-common/campplus_cn_en_common.pt")
 SR = 16_000
-CLUSTERING_THRESHOLD = 0.5
-"""Average-linkage cosine distance. sample.wav's two speakers merge at 0.59, so 0.6 is too high."""
 
 if not (MODELS_DIR / EMBEDDING).exists():
     pytest.skip(f"offline model bundle not found at {MODELS_DIR}", allow_module_level=True)
@@ -56,7 +54,6 @@ def _config(**overrides: object) -> DiarizationConfig:
         "pipeline": None,
         "segmentation": SEGMENTATION,
         "embedding": EMBEDDING,
-        "clustering_threshold": CLUSTERING_THRESHOLD,
     }
     return DiarizationConfig.model_validate(fields | overrides)
 
@@ -265,3 +262,74 @@ def test_cuda_without_gpu_is_a_configuration_error() -> None:
     config = _config(device="cuda", resources=Resources(num_gpus=0.5))
     with pytest.raises(ConfigurationError, match="GPU"):
         DiarizationEngine(config, models_dir=MODELS_DIR)
+
+
+def _three_voices(jfk: np.ndarray, sample: np.ndarray) -> tuple[np.ndarray, list[tuple]]:
+    """JFK and sample.wav's two speakers taking turns: (audio, [(start, end, voice), ...])."""
+    pause = np.zeros(SR // 2, dtype=np.float32)
+    parts = [
+        (jfk[: int(5.5 * SR)], "jfk"),
+        (sample[22 * SR : 28 * SR], "s91"),
+        (jfk[int(5.5 * SR) :], "jfk"),
+        (sample[int(10.6 * SR) : int(14.4 * SR)], "s90"),
+        (sample[22 * SR : 28 * SR], "s91"),
+        (sample[int(10.6 * SR) : int(14.4 * SR)], "s90"),  # 7.6 s in all: over 5 s
+    ]
+    audio, ref, t = [], [], 0.0
+    for part, voice in parts:
+        audio += [part, pause]
+        ref.append((t, t + len(part) / SR, voice))
+        t += (len(part) + len(pause)) / SR
+    return np.concatenate(audio), ref
+
+
+def _der(ref: list[tuple], turns: list) -> float:
+    from pyannote.core import Annotation
+    from pyannote.core import Segment as Span
+    from pyannote.metrics.diarization import DiarizationErrorRate
+
+    reference, hypothesis = Annotation(), Annotation()
+    for i, (a, b, voice) in enumerate(ref):
+        reference[Span(a, b), i] = voice
+    for i, turn in enumerate(turns):
+        hypothesis[Span(turn.start, turn.end), i] = turn.speaker
+    return float(DiarizationErrorRate()(reference, hypothesis))
+
+
+def test_three_real_voices_are_three_speakers_and_the_true_count_does_not_hurt(
+    engine: DiarizationEngine, jfk: np.ndarray, sample: np.ndarray
+) -> None:
+    audio, ref = _three_voices(jfk, sample)
+    auto = engine.diarize(audio, DiarizeRequest())
+    told = engine.diarize(audio, DiarizeRequest(num_speakers=3))
+    assert len(auto.speakers) == 3
+    assert len(told.speakers) == 3
+    assert _der(ref, told.speaker_turns or []) <= _der(ref, auto.speaker_turns or []) + 0.02
+
+
+def test_one_voice_is_not_split_when_a_bound_allows_more(
+    engine: DiarizationEngine, jfk: np.ndarray
+) -> None:
+    long_jfk = np.concatenate([jfk, np.zeros(SR, dtype=np.float32), jfk])
+    result = engine.diarize(long_jfk, DiarizeRequest(max_speakers=4))
+    assert result.speakers == ["SPEAKER_00"]
+
+
+def test_little_speech_still_gets_turns_and_every_word_a_speaker(
+    engine: DiarizationEngine, jfk: np.ndarray, sample: np.ndarray
+) -> None:
+    audio = 1e-4 * np.random.default_rng(1).standard_normal(30 * SR).astype(np.float32)
+    audio[10 * SR : int(11.5 * SR)] += jfk[int(0.3 * SR) : int(1.8 * SR)]  # "and so my fellow"
+    audio[20 * SR : int(21.5 * SR)] += sample[22 * SR : int(23.5 * SR)]
+    words = [
+        Word(word="so", start=10.3, end=10.3),  # zero-length, as Whisper timing gives
+        Word(word="my", start=10.6, end=10.9),
+        Word(word="yes", start=20.4, end=20.4),
+        Word(word="right", start=20.7, end=21.2),
+    ]
+    transcript = Transcript(
+        segments=[Segment(start=10.2, end=21.3, text="so my yes right", words=words)]
+    )
+    result = engine.diarize(audio, DiarizeRequest(transcript=transcript))
+    assert result.speaker_turns  # the old pipeline returned none for clips like this
+    assert all(w.speaker in result.speakers for w in result.segments[0].words)

@@ -131,3 +131,41 @@ def test_runs_on_cuda(model: CamPlusPlusEmbedding) -> None:
         gpu = model.to(torch.device("cuda"))(waves.cuda(), weights=torch.ones(2, 100).cuda())
     model.to(torch.device("cpu"))
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-3, rtol=1e-3)
+
+
+def test_batched_embeddings_equal_one_at_a_time(model: CamPlusPlusEmbedding) -> None:
+    from deployments.campplus import MIN_NUM_FRAMES, embed_batched, masked_features
+
+    feats = fbank(_noise(16_000 * 4, seed=3))
+    rng = torch.Generator().manual_seed(1)
+    items = []
+    for i in range(9):  # assorted masks: several share a length, one is too short
+        active = torch.rand(feats.shape[0], generator=rng) < (0.3 + 0.07 * (i % 3))
+        if i == 8:
+            active[:] = False
+            active[: MIN_NUM_FRAMES - 1] = True
+        items.append(masked_features(feats, active, quantum=10))
+    assert len({item.shape[0] for item in items}) < len(items)  # some batching happens
+    batched = embed_batched(model.campplus, items, batch_size=4)
+    with torch.inference_mode():
+        for i, item in enumerate(items[:8]):
+            alone = model.campplus(item[None])[0]
+            assert torch.allclose(batched[i], alone, atol=1e-4, rtol=1e-4)
+    assert torch.isnan(batched[8]).all()
+    for item in items[:8]:
+        assert item.shape[0] % 10 == 0
+        assert torch.allclose(item.mean(dim=0), torch.zeros(80), atol=1e-4)
+
+
+def test_quantised_masked_embedding_stays_close_to_the_exact_one(
+    model: CamPlusPlusEmbedding,
+) -> None:
+    from deployments.campplus import masked_features
+
+    feats = fbank(_noise(16_000 * 6, seed=5))
+    active = torch.zeros(feats.shape[0], dtype=torch.bool)
+    active[37:451] = True  # 414 frames: the quantum of 10 drops 4
+    with torch.inference_mode():
+        exact = model(_noise(1, 1, 16_000 * 6, seed=5), weights=active[None].float())
+        short = model.campplus(masked_features(feats, active, quantum=10)[None])
+    assert torch.nn.functional.cosine_similarity(exact, short).item() > 0.99
