@@ -522,8 +522,15 @@ async function openTask(taskId) {
   try {
     task = await apiJson(`/task/${encodeURIComponent(taskId)}`);
   } catch (err) {
-    const view = state.byTask.get(taskId);
-    if (view) showError(view, err.code, err.userMessage, err.detail);
+    let view = state.byTask.get(taskId);
+    if (!view && err.status === 401) return; // the key prompt is up
+    if (!view) { // opened by link or list: say so on a card of its own
+      view = newView(taskId);
+      view.els.root.dataset.task = taskId;
+      view.terminal = true;
+      setBadge(view, err.status === 404 ? "not found" : "error");
+    }
+    showError(view, err.code, err.userMessage, err.detail);
     return;
   }
   if (!TERMINAL.has(task.status)) {
