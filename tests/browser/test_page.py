@@ -462,6 +462,16 @@ def test_the_task_list_filters_by_status_and_pages(page: Any, service: Service) 
     opened = page.locator(f'#cards .card[data-task="old00{"0" * 27}"]')
     expect(opened.locator(".badge")).to_have_text("cancelled")
 
+    # busy: a bare 429 (a proxy's, say) shows when to try again, and the list does by itself
+    page.route(
+        "**/task/all**",
+        lambda route: route.fulfill(status=429, headers={"Retry-After": "1"}, body=""),
+        times=1,
+    )
+    page.click("#list-refresh")
+    expect(page.locator("#list-range")).to_have_text("The service is busy; try again in 1 s.")
+    expect(page.locator("#list-range")).to_have_text(f"11–{total} of {total}")
+
 
 # ------------------------------------------------------------------ keys on (runs last)
 
