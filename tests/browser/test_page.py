@@ -186,17 +186,21 @@ def test_errors_show_the_user_message_and_the_detail_behind_a_disclosure(
     expect(technical).to_be_visible()
     expect(technical).to_have_text(f"invalid_audio: {expected['technical_detail']}")
 
-    # a task that fails while it runs: French asked of the English-only model
+    # French asked of the English-only model: refused at the route (before any task exists)
+    french = httpx.post(
+        f"{service.base_url}/speech-to-text",
+        params={"language": "fr"},
+        files={"file": (jfk_path.name, jfk_path.read_bytes())},
+    )
+    assert french.status_code == 422, french.text
     page.select_option("#opt-language", "fr")
     j = upload(page, jfk_path)
-    v = finished(page, j)
-    assert v["status"] == "failed" and gapless(v["seqs"]), v
-    failed = card(page, j)
-    task = httpx.get(f"{service.base_url}/task/{v['taskId']}").json()
-    expect(failed.locator(".user-message")).to_have_text(task["error"]["user_message"])
-    expect(failed.locator(".technical")).to_be_hidden()
-    expect(failed.locator(".technical")).to_have_text(
-        f"{task['error']['code']}: {task['error']['technical_detail']}"
+    refused = card(page, j)
+    expect(refused.locator(".badge")).to_have_text("rejected")
+    expect(refused.locator(".user-message")).to_have_text(french.json()["user_message"])
+    expect(refused.locator(".technical")).to_be_hidden()
+    expect(refused.locator(".technical")).to_have_text(
+        f"{french.json()['error_code']}: {french.json()['technical_detail']}"
     )
 
 
