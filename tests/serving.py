@@ -8,6 +8,7 @@ offline diarization parts); ``local_service`` starts Ray and Serve with them, wa
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -106,3 +107,28 @@ def local_service(
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def run_cli(service: Service, *args: str) -> str:
+    """The real ``whisperx-serve`` command (``python -m ingress.cli``) in a subprocess,
+    against the running service's database and data dir; returns its stdout."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'client'}",
+        "WHISPERX_SERVE_DATABASE_URL": service.database_url,
+        "WHISPERX_SERVE_DATA_DIR": str(service.data_dir),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "ingress.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout

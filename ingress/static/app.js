@@ -26,7 +26,7 @@ const state = {
   views: [],            // one per upload or URL submission, in order
   byTask: new Map(),    // task id -> view
   open: null,           // the task shown in the viewer: {task, words, names}
-  list: { status: "", offset: 0, total: 0 },
+  list: { status: "", offset: 0, total: 0, retry: null },
   blobUrl: null,
 };
 window.wxs = state;
@@ -54,13 +54,27 @@ class ApiError extends Error {
   }
 }
 
-function parseError(status, text) {
+function parseError(status, text, retryAfter = null) {
   let body = null;
   try { body = JSON.parse(text); } catch { /* not JSON */ }
+  const wait = retryAfterSeconds(retryAfter);
+  if (!body?.user_message && (status === 429 || status === 503)) {
+    // busy (a proxy's bare 429/503, say): say when to try again, from Retry-After
+    const when = wait == null ? "in a little while" : `in ${wait} s`;
+    body = { error_code: status === 429 ? "rate_limited" : "overloaded", user_message: `The service is busy; try again ${when}.`, technical_detail: (text || "").slice(0, 300) };
+  }
   if (!body && text) body = { user_message: `The server answered ${status}.`, technical_detail: text.slice(0, 300) };
   const err = new ApiError(status, body);
+  err.retryAfter = wait;
   if (status === 401) askForKey(err);
   return err;
+}
+
+function retryAfterSeconds(value) {
+  // Retry-After: delay-seconds or an HTTP date
+  if (value == null || value === "") return null;
+  const n = /^\d+$/.test(value.trim()) ? Number(value) : (Date.parse(value) - Date.now()) / 1000;
+  return isFinite(n) ? Math.max(1, Math.ceil(n)) : null;
 }
 
 async function api(path, options = {}) {
@@ -70,7 +84,7 @@ async function api(path, options = {}) {
   } catch (e) {
     throw new ApiError(0, { error_code: "network", user_message: "The service could not be reached.", technical_detail: String(e) });
   }
-  if (!res.ok) throw parseError(res.status, await res.text());
+  if (!res.ok) throw parseError(res.status, await res.text(), res.headers.get("Retry-After"));
   return res;
 }
 
@@ -137,7 +151,7 @@ function uploadFile(view, file, params) {
     };
     xhr.onload = () => {
       if (xhr.status >= 200 && xhr.status < 300) resolve(JSON.parse(xhr.responseText));
-      else reject(parseError(xhr.status, xhr.responseText));
+      else reject(parseError(xhr.status, xhr.responseText, xhr.getResponseHeader("Retry-After")));
     };
     xhr.onerror = () => reject(new ApiError(0, { error_code: "network", user_message: "The upload failed: the service could not be reached.", technical_detail: "XMLHttpRequest network error" }));
     const form = new FormData();
@@ -444,6 +458,11 @@ function startPolling(view) {
     } catch (err) {
       if (err.status === 404) { view.terminal = true; showError(view, err.code, err.userMessage, err.detail); return; }
       if (err.status === 401) { view.needsKey = true; return; }
+      if (err.retryAfter != null) { // busy: wait as long as the service asks
+        view.els.detail.textContent = err.userMessage;
+        view.pollTimer = setTimeout(tick, Math.min(err.retryAfter, 60) * 1000);
+        return;
+      }
     }
     view.pollTimer = setTimeout(tick, POLL_MS);
   };
@@ -522,8 +541,15 @@ async function openTask(taskId) {
   try {
     task = await apiJson(`/task/${encodeURIComponent(taskId)}`);
   } catch (err) {
-    const view = state.byTask.get(taskId);
-    if (view) showError(view, err.code, err.userMessage, err.detail);
+    let view = state.byTask.get(taskId);
+    if (!view && err.status === 401) return; // the key prompt is up
+    if (!view) { // opened by link or list: say so on a card of its own
+      view = newView(taskId);
+      view.els.root.dataset.task = taskId;
+      view.terminal = true;
+      setBadge(view, err.status === 404 ? "not found" : "error");
+    }
+    showError(view, err.code, err.userMessage, err.detail);
     return;
   }
   if (!TERMINAL.has(task.status)) {
@@ -802,6 +828,9 @@ async function refreshList() {
     page = await apiJson(`/task/all?${params}`);
   } catch (err) {
     $("#list-range").textContent = err.status === 401 ? "An API key is needed." : err.userMessage;
+    if (err.retryAfter != null && !state.list.retry) { // busy: try once more when it says
+      state.list.retry = setTimeout(() => { state.list.retry = null; refreshList(); }, Math.min(err.retryAfter, 60) * 1000);
+    }
     return;
   }
   state.list.total = page.total;

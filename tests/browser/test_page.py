@@ -9,18 +9,22 @@ Waits poll the page (Playwright's auto-waiting ``expect`` and ``wait_for_functio
 from __future__ import annotations
 
 import os
+import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+import sqlalchemy as sa
 from playwright.sync_api import expect
 
 from tests.audio import sample_wav
 from tests.browser.conftest import PHONE, SECOND_MODEL, open_page
 from tests.conftest import normalise
-from tests.serving import Service
+from tests.serving import Service, run_cli
+from tests.waiting import wait_until
 
 PHRASE = "ask not what your country can do for you"
 STAGES = ["uploading", "queued", "transcribing", "aligning", "diarizing", "complete"]
@@ -182,17 +186,21 @@ def test_errors_show_the_user_message_and_the_detail_behind_a_disclosure(
     expect(technical).to_be_visible()
     expect(technical).to_have_text(f"invalid_audio: {expected['technical_detail']}")
 
-    # a task that fails while it runs: French asked of the English-only model
+    # French asked of the English-only model: refused at the route (before any task exists)
+    french = httpx.post(
+        f"{service.base_url}/speech-to-text",
+        params={"language": "fr"},
+        files={"file": (jfk_path.name, jfk_path.read_bytes())},
+    )
+    assert french.status_code == 422, french.text
     page.select_option("#opt-language", "fr")
     j = upload(page, jfk_path)
-    v = finished(page, j)
-    assert v["status"] == "failed" and gapless(v["seqs"]), v
-    failed = card(page, j)
-    task = httpx.get(f"{service.base_url}/task/{v['taskId']}").json()
-    expect(failed.locator(".user-message")).to_have_text(task["error"]["user_message"])
-    expect(failed.locator(".technical")).to_be_hidden()
-    expect(failed.locator(".technical")).to_have_text(
-        f"{task['error']['code']}: {task['error']['technical_detail']}"
+    refused = card(page, j)
+    expect(refused.locator(".badge")).to_have_text("rejected")
+    expect(refused.locator(".user-message")).to_have_text(french.json()["user_message"])
+    expect(refused.locator(".technical")).to_be_hidden()
+    expect(refused.locator(".technical")).to_have_text(
+        f"{french.json()['error_code']}: {french.json()['technical_detail']}"
     )
 
 
@@ -457,3 +465,121 @@ def test_the_task_list_filters_by_status_and_pages(page: Any, service: Service) 
     rows.last.locator("button").click()
     opened = page.locator(f'#cards .card[data-task="old00{"0" * 27}"]')
     expect(opened.locator(".badge")).to_have_text("cancelled")
+
+    # busy: a bare 429 (a proxy's, say) shows when to try again, and the list does by itself
+    page.route(
+        "**/task/all**",
+        lambda route: route.fulfill(status=429, headers={"Retry-After": "1"}, body=""),
+        times=1,
+    )
+    page.click("#list-refresh")
+    expect(page.locator("#list-range")).to_have_text("The service is busy; try again in 1 s.")
+    expect(page.locator("#list-range")).to_have_text(f"11–{total} of {total}")
+
+
+# ------------------------------------------------------------------ keys on (runs last)
+
+
+@pytest.fixture
+def real_keys(service: Service) -> Iterator[dict[str, str]]:
+    """alice's and bob's keys made with the real command; ``ingress.auth: auto`` turns auth
+    on once one exists. The rows are deleted afterwards (the command only revokes), so auth
+    is off again for whatever runs after this."""
+
+    def task_all_status() -> int:
+        return httpx.get(f"{service.base_url}/task/all", params={"limit": 1}).status_code
+
+    made: dict[str, str] = {}
+    try:
+        for name in ("alice", "bob"):
+            out = run_cli(service, "keys", "create", "--name", name)
+            key = re.search(r"api key:\s+(wxs_\S{43})\n", out)
+            assert key, out
+            made[name] = key.group(1)
+        wait_until(lambda: task_all_status() == 401, timeout=30, what="auth on")
+        yield made
+    finally:
+        engine = sa.create_engine(service.database_url)
+        with engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM api_keys"))
+        engine.dispose()
+        wait_until(lambda: task_all_status() == 200, timeout=30, what="auth off again")
+
+
+def test_with_keys_on_the_page_asks_for_a_key_and_each_key_sees_only_its_own_tasks(
+    browser: Any, service: Service, jfk_path: Path, real_keys: dict[str, str]
+) -> None:
+    alice, bob = real_keys["alice"], real_keys["bob"]
+    urls: list[str] = []  # every URL either tab asked for, WebSockets included
+    sent: list[tuple[str, str | None]] = []
+
+    def watch(page: Any) -> None:
+        def request(r: Any) -> None:
+            urls.append(r.url)
+            sent.append((r.url, r.all_headers().get("authorization")))
+
+        page.on("request", request)
+        page.on("websocket", lambda ws: urls.append(ws.url))
+
+    with open_page(browser, service.base_url) as page:
+        watch(page)
+        # no key: the page loads (HTML and assets are open), the service's 401 asks for one
+        alert = page.locator("#auth-alert")
+        expect(alert).to_contain_text("This service needs an API key")
+        expect(page.locator("#api-key")).to_be_focused()
+        page.fill("#api-key", alice)
+        page.press("#api-key", "Enter")
+        expect(alert).to_be_hidden()
+        expect(page.locator("#key-state")).to_have_text("(set for this tab)")
+        stored = page.evaluate(
+            "() => [sessionStorage.getItem('whisperx-serve.api-key'), localStorage.length, "
+            "document.cookie]"
+        )
+        assert stored == [alice, 0, ""]
+        expect(page.locator("#list-range")).to_have_text("0–0 of 0")  # owner-less ones hidden
+
+        page.uncheck("#opt-diarize")
+        i = upload(page, jfk_path)
+        v = finished(page, i)
+        # followed over the WebSocket: with auth on it opens only with the bearer subprotocol
+        assert v["status"] == "completed" and v["transport"] == "websocket", v
+        assert gapless(v["seqs"]) and len(v["wsUrls"]) == 1, v
+        task_id = v["taskId"]
+        expect(page.locator("#transcript .w").first).to_be_visible()
+        assert PHRASE in normalise(page.inner_text("#transcript"))
+        # the audio came through fetch with the header and plays from a blob: URL
+        page.wait_for_function("() => document.querySelector('#player').readyState >= 1")
+        assert page.evaluate("() => document.querySelector('#player').src").startswith("blob:")
+        page.evaluate("() => document.querySelector('#player').play()")
+        page.wait_for_function("() => document.querySelector('#player').currentTime > 0.2")
+        page.evaluate("() => document.querySelector('#player').pause()")
+        _, txt = download(page, "txt")
+        assert PHRASE in normalise(txt)
+        expect(page.locator(f'#list-body tr[data-task="{task_id}"]')).to_have_count(1)
+        audio = [auth for url, auth in sent if url.endswith(f"/task/{task_id}/audio")]
+        assert audio == [f"Bearer {alice}"], sent
+        assert {auth for _, auth in sent if auth} == {f"Bearer {alice}"}, sent
+
+    # bob, in a fresh context, enters his key: alice's task is neither listed nor opened
+    with open_page(browser, service.base_url, path=f"/#task={task_id}") as other:
+        watch(other)
+        expect(other.locator("#auth-alert")).to_contain_text("This service needs an API key")
+        other.fill("#api-key", bob)
+        other.press("#api-key", "Enter")
+        expect(other.locator("#list-range")).to_have_text("0–0 of 0")
+        assert other.evaluate("() => sessionStorage.getItem('whisperx-serve.api-key')") == bob
+        other.reload()  # the link opens the task again, now with bob's key
+        refused = httpx.get(
+            f"{service.base_url}/task/{task_id}", headers={"Authorization": f"Bearer {bob}"}
+        )
+        assert refused.status_code == 404 and refused.json()["error_code"] == "task_not_found"
+        gone = other.locator(f'#cards .card[data-task="{task_id}"]')
+        expect(gone.locator(".badge")).to_have_text("not found")
+        expect(gone.locator(".user-message")).to_have_text(refused.json()["user_message"])
+        expect(other.locator("#viewer")).to_be_hidden()
+        expect(other.locator("#list-range")).to_have_text("0–0 of 0")
+        expect(other.locator(f'#list-body tr[data-task="{task_id}"]')).to_have_count(0)
+
+    assert urls and any("/ws/tasks/" in u for u in urls), urls
+    leaked = [u for u in urls if alice[4:] in u or bob[4:] in u]  # also without wxs_
+    assert not leaked, f"a key appeared in a URL: {leaked}"

@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import REPO
-from tests.serving import Service, bundle_args, local_service
+from tests.serving import Service, bundle_args, local_service, run_cli
 from tests.waiting import wait_until
 
 PG_BASE = os.environ.get(
@@ -124,29 +124,6 @@ class Keys:
 
     def headers(self, name: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.secrets[name]}"}
-
-
-def run_cli(service: Service, *args: str) -> str:
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
-    env = {
-        **os.environ,
-        "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'client'}",
-        "WHISPERX_SERVE_DATABASE_URL": service.database_url,
-        "WHISPERX_SERVE_DATA_DIR": str(service.data_dir),
-    }
-    proc = subprocess.run(
-        [sys.executable, "-m", "ingress.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
 
 
 @pytest.fixture(scope="module")
