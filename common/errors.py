@@ -206,6 +206,28 @@ def _is_ray_failure(exc: BaseException) -> bool:
     )
 
 
+_REPLICA_GONE = frozenset(
+    {
+        "RayActorError",
+        "ActorDiedError",
+        "ActorUnavailableError",
+        "WorkerCrashedError",
+        "NodeDiedError",
+        "ReplicaUnavailableError",
+        "DeploymentUnavailableError",
+    }
+)
+
+
+def is_replica_failure(exc: BaseException) -> bool:
+    """The replica (or its node) that served a call died or became unreachable: the request
+    itself was not at fault, so it may be sent again to a live replica. A failure raised
+    inside a replica (``RayTaskError``, a ServiceError) is not one. Matched by name."""
+    return any(
+        c.__name__ in _REPLICA_GONE and c.__module__.startswith("ray.") for c in type(exc).__mro__
+    )
+
+
 def as_service_error(exc: BaseException) -> ServiceError:
     """Any exception as a ServiceError: known ones unchanged, the rest as a generic 500.
 

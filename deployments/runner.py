@@ -82,6 +82,8 @@ class TaskRunner:
             model_languages=model_languages,
             record_duration=self._record_duration,
             cancel_requested=self._cancel_requested,
+            stage_retries=config.stage_retries,
+            stage_retry_backoff_s=config.stage_retry_backoff_seconds,
         )
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._stopping: dict[str, float] = {}  # cancelled on request: since when (loop time)

@@ -106,6 +106,9 @@ class FakeProgress:
     async def enter_stage(self, task_id: str, stage: TaskProgressStage, message: str = "") -> None:
         self.calls.append(("stage", stage, message))
 
+    async def note(self, task_id: str, message: str) -> None:
+        self.calls.append(("note", message))
+
     async def finish(
         self,
         task_id: str,
@@ -327,3 +330,66 @@ async def test_a_multilingual_model_next_to_an_english_default_detects_first() -
     assert asr.requests[0].word_timestamps is False  # not decided before ASR detected
     assert align.calls == 0 and asr.word_calls == 1
     assert progress.result is not None and progress.result.word_timestamps == "whisper"
+
+
+class ActorDiedError(Exception):
+    """Stands in for ray.exceptions.ActorDiedError (matched by name and module)."""
+
+
+ActorDiedError.__module__ = "ray.exceptions"
+
+
+class DyingAsr(FakeAsr):
+    def __init__(self, deaths: int, error: Exception | None = None) -> None:
+        super().__init__()
+        self.deaths = deaths
+        self.error = error
+
+    async def transcribe(self, audio: np.ndarray, req: AsrRequest) -> Transcript:
+        if self.deaths > 0:
+            self.deaths -= 1
+            self.requests.append(req)
+            raise self.error or ActorDiedError("The actor died unexpectedly; pid=123")
+        return await super().transcribe(audio, req)
+
+
+def _with_asr(asr: FakeAsr, retries: int = 2) -> tuple[TaskPipeline, FakeProgress]:
+    pipeline, _, align, diar, progress = make({"en"})
+    pipeline = TaskPipeline(
+        asr=asr,
+        align=align,
+        diarize=diar,
+        progress=progress,
+        decode=lambda path: AUDIO,
+        default_language="en",
+        stage_retries=retries,
+        stage_retry_backoff_s=0.0,
+    )
+    return pipeline, progress
+
+
+async def test_a_stage_whose_replica_died_is_retried_and_completes() -> None:
+    asr = DyingAsr(deaths=2)
+    pipeline, progress = _with_asr(asr)
+    outcome = await pipeline.run(task())
+    assert outcome.status is TaskStatus.completed and len(asr.requests) == 3
+    notes = [c[1] for c in progress.calls if c[0] == "note"]
+    assert len(notes) == 2 and "retry 2 of 2" in notes[-1]
+
+
+async def test_replica_deaths_past_the_retries_fail_as_processing_failed() -> None:
+    asr = DyingAsr(deaths=3)
+    pipeline, _ = _with_asr(asr)
+    outcome = await pipeline.run(task())
+    assert outcome.status is TaskStatus.failed and len(asr.requests) == 3
+    assert outcome.error is not None and outcome.error.code == "processing_failed"
+    assert "pid" not in outcome.error.technical_detail.replace("pid=***", "")
+
+
+async def test_input_errors_are_never_retried() -> None:
+    asr = DyingAsr(deaths=1, error=InvalidAudioError("bad audio", "x"))
+    pipeline, progress = _with_asr(asr)
+    outcome = await pipeline.run(task())
+    assert outcome.status is TaskStatus.failed and len(asr.requests) == 1
+    assert outcome.error is not None and outcome.error.code == "invalid_audio"
+    assert not [c for c in progress.calls if c[0] == "note"]
