@@ -140,6 +140,12 @@ class ProcessingError(ServiceError):
     status_code, code = 500, "processing_failed"
 
 
+class OutcomeNotRecordedError(ServiceError):
+    """The task ran to its end, but writing its outcome kept failing."""
+
+    status_code, code = 500, "outcome_not_recorded"
+
+
 _REQUEST_PARTS = ("body", "query", "path", "header", "form")
 
 

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from common.errors import as_service_error, is_replica_failure
+from common.errors import OutcomeNotRecordedError, as_service_error, is_replica_failure
 from common.logs import current_request_id
 from common.schemas import (
     AlignRequest,
@@ -48,6 +48,10 @@ _NO_ALIGNER = "No wav2vec2 aligner for '{language}': word times from Whisper"
 
 class TaskCancelled(Exception):
     """Raised at a safe point (between stages) once the task's cancellation was requested."""
+
+
+class OutcomeWriteFailed(Exception):
+    """Recording a task's outcome failed on every attempt (the cause is chained)."""
 
 
 @dataclass
@@ -84,6 +88,9 @@ class TaskPipeline:
         cancel_requested: CancelCheck | None = None,
         stage_retries: int = 2,
         stage_retry_backoff_s: float = 1.0,
+        record_attempts: int = 4,
+        record_backoff_s: float = 0.5,
+        cancelled_by_user: Callable[[str], bool] | None = None,
     ) -> None:
         self._asr, self._align, self._diarize = asr, align, diarize
         self._progress = progress
@@ -94,11 +101,16 @@ class TaskPipeline:
         self._cancel_requested = cancel_requested
         self._stage_retries = stage_retries
         self._retry_backoff = stage_retry_backoff_s
+        self._record_attempts = max(1, record_attempts)
+        self._record_backoff = record_backoff_s
+        self._cancelled_by_user = cancelled_by_user
 
     async def run(self, task: TaskInput) -> TaskOutcome:
         timings = Timings(queued=task.queued_seconds)
         started = time.perf_counter()
         duration: float | None = None
+        transcript: Transcript | None = None
+        error: TaskError | None = None
         try:
             stages = task.params.stages(task.task_type)
             await self._progress.start(task.task_id, stages, task.attempt)
@@ -111,18 +123,12 @@ class TaskPipeline:
                 if self._record_duration is not None:  # before the result is published
                     await self._record_duration(task.task_id, duration)
             transcript = await self._process(task, audio, timings)
-            timings.total = round(time.perf_counter() - started, 3)
-            await self._progress.finish(
-                task.task_id, TaskStatus.completed, result=transcript, timings=timings
-            )
-            return TaskOutcome(TaskStatus.completed, duration, timings=timings)
+            status = TaskStatus.completed
         except (asyncio.CancelledError, TaskCancelled) as exc:
-            if isinstance(exc, asyncio.CancelledError) and not await self._is_cancelled(task):
+            if isinstance(exc, asyncio.CancelledError) and not await self._user_cancelled(task):
                 raise  # the runner stopped the task (lost lease, shutdown): not the user's cancel
             logger.info("task cancelled", extra={"task_id": task.task_id})
-            timings.total = round(time.perf_counter() - started, 3)
-            await self._progress.finish(task.task_id, TaskStatus.cancelled, timings=timings)
-            return TaskOutcome(TaskStatus.cancelled, duration, timings=timings)
+            status = TaskStatus.cancelled
         except Exception as exc:  # every failure becomes a failed task with a clear error
             err = as_service_error(exc)
             if err.status_code >= 500:
@@ -130,11 +136,76 @@ class TaskPipeline:
             else:
                 logger.warning("task rejected: %s", err, extra={"task_id": task.task_id})
             error = TaskError.from_exception(err)
-            timings.total = round(time.perf_counter() - started, 3)
-            await self._progress.finish(
-                task.task_id, TaskStatus.failed, error=error, timings=timings
+            status = TaskStatus.failed
+        timings.total = round(time.perf_counter() - started, 3)
+        return await self._record(task, status, duration, timings, transcript, error)
+
+    async def _record(
+        self,
+        task: TaskInput,
+        status: TaskStatus,
+        duration: float | None,
+        timings: Timings,
+        result: Transcript | None,
+        error: TaskError | None,
+    ) -> TaskOutcome:
+        """Record the outcome, retrying the write (not the task) when it fails. A write that
+        keeps failing ends the task ``failed`` with ``outcome_not_recorded``; if even that
+        cannot be written, the error goes to the runner and the task's lease runs out."""
+        try:
+            await self._finish(task, status, result=result, error=error, timings=timings)
+            return TaskOutcome(status, duration, error, timings)
+        except OutcomeWriteFailed as failed:
+            cause = failed.__cause__ or failed
+            err = OutcomeNotRecordedError(
+                "The task finished but its outcome could not be saved. Please submit it again.",
+                f"recording '{status.value}' failed {self._record_attempts} times: "
+                f"{type(cause).__name__}: {cause}",
             )
+            logger.error("%s", err, extra={"task_id": task.task_id}, exc_info=cause)
+            error = TaskError.from_exception(err)
+            await self._finish(task, TaskStatus.failed, error=error, timings=timings)
             return TaskOutcome(TaskStatus.failed, duration, error, timings)
+
+    async def _finish(
+        self,
+        task: TaskInput,
+        status: TaskStatus,
+        *,
+        result: Transcript | None = None,
+        error: TaskError | None = None,
+        timings: Timings | None = None,
+    ) -> None:
+        """``progress.finish`` with bounded retries; ``OutcomeWriteFailed`` after the last.
+        A repeated write is harmless: an already finished task is left as it is."""
+        for attempt in range(1, self._record_attempts + 1):
+            try:
+                await self._progress.finish(
+                    task.task_id, status, result=result, error=error, timings=timings
+                )
+                return
+            except Exception as exc:  # the tracker or its database: retry the write
+                if attempt == self._record_attempts:
+                    raise OutcomeWriteFailed(task.task_id) from exc
+                delay = self._record_backoff * 2 ** (attempt - 1)
+                logger.warning(
+                    "recording task %s as %s failed (attempt %d of %d); retrying in %.1fs",
+                    task.task_id,
+                    status.value,
+                    attempt,
+                    self._record_attempts,
+                    delay,
+                    extra={"task_id": task.task_id},
+                    exc_info=exc,
+                )
+                await asyncio.sleep(delay)
+
+    async def _user_cancelled(self, task: TaskInput) -> bool:
+        """Whether a cancellation of the run came from the user's cancel: the runner says so
+        from memory, so a database hiccup here never turns a cancel into a runner stop."""
+        if self._cancelled_by_user is not None and self._cancelled_by_user(task.task_id):
+            return True
+        return await self._is_cancelled(task)
 
     def _fixed_language(self, model: str | None) -> str | None:
         """The language a model always transcribes (``asr.language``, or English for an

@@ -393,3 +393,78 @@ async def test_input_errors_are_never_retried() -> None:
     assert outcome.status is TaskStatus.failed and len(asr.requests) == 1
     assert outcome.error is not None and outcome.error.code == "invalid_audio"
     assert not [c for c in progress.calls if c[0] == "note"]
+
+
+class FlakyProgress(FakeProgress):
+    """``finish`` fails for the statuses in ``failing`` (``times`` times each, or always)."""
+
+    def __init__(self, failing: set[TaskStatus], times: int | None = None) -> None:
+        super().__init__()
+        self.failing, self.times = failing, times
+
+    async def finish(self, task_id: str, status: TaskStatus, **kw: Any) -> bool:
+        self.calls.append(("write", status))
+        if status in self.failing and (self.times is None or self.times > 0):
+            if self.times is not None:
+                self.times -= 1
+            raise RuntimeError("database is locked")
+        return await super().finish(task_id, status, **kw)
+
+
+def _with_progress(progress: FakeProgress, **kw: Any) -> TaskPipeline:
+    return TaskPipeline(
+        asr=FakeAsr(),
+        align=FakeAlign({"en"}),
+        diarize=FakeDiarize(),
+        progress=progress,
+        decode=lambda path: AUDIO,
+        default_language="en",
+        record_backoff_s=0.0,
+        **kw,
+    )
+
+
+async def test_a_failed_outcome_write_is_retried_not_the_task() -> None:
+    progress = FlakyProgress({TaskStatus.completed}, times=2)
+    outcome = await _with_progress(progress).run(task())
+    assert outcome.status is TaskStatus.completed
+    writes = [c for c in progress.calls if c[0] == "write"]
+    assert writes == [("write", TaskStatus.completed)] * 3
+    assert [c[0] for c in progress.calls].count("start") == 1  # the task ran once
+
+
+async def test_an_outcome_that_cannot_be_written_fails_with_its_own_code() -> None:
+    progress = FlakyProgress({TaskStatus.completed})
+    outcome = await _with_progress(progress, record_attempts=3).run(task())
+    assert outcome.status is TaskStatus.failed and outcome.error is not None
+    assert outcome.error.code == "outcome_not_recorded"
+    assert "database is locked" in outcome.error.technical_detail
+    assert progress.calls[-1] == ("finish", TaskStatus.failed)
+
+
+async def test_a_user_cancel_is_recorded_even_if_the_database_check_fails() -> None:
+    async def check(task_id: str) -> bool:
+        raise RuntimeError("database is locked")
+
+    progress = FakeProgress()
+    diar = FakeDiarize()
+    diar.block = asyncio.Event()
+    stopping: set[str] = set()
+    pipeline = TaskPipeline(
+        asr=FakeAsr(),
+        align=FakeAlign({"en"}),
+        diarize=diar,
+        progress=progress,
+        decode=lambda path: AUDIO,
+        default_language="en",
+        cancel_requested=check,
+        cancelled_by_user=stopping.__contains__,
+    )
+    running = asyncio.create_task(pipeline.run(task()))
+    while not diar.requests:
+        await asyncio.sleep(0)
+    stopping.add("t1")  # what the runner notes before it cancels for the user
+    running.cancel()
+    outcome = await running
+    assert outcome.status is TaskStatus.cancelled
+    assert progress.calls[-1] == ("finish", TaskStatus.cancelled)
