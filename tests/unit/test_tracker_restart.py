@@ -6,10 +6,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.schemas import Segment, TaskParams, TaskProgressStage, TaskType, Timings, Transcript
+import pytest
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+
+from common.schemas import (
+    Segment,
+    TaskParams,
+    TaskProgressStage,
+    TaskStatus,
+    TaskType,
+    Timings,
+    Transcript,
+)
 from deployments.progress import ProgressTracker
+from deployments.progress_state import Event
+from ingress.app import create_app
 from storage import repository
 from storage.db import Database, migrate
+from tests.fakes import FakeTracker, make_ingress_services
 
 STAGES = [TaskProgressStage.transcribing.value, TaskProgressStage.diarizing.value]
 
@@ -50,3 +65,53 @@ async def test_restart_continues_after_the_watchers_cursor(tmp_path: Path) -> No
     row = repository.get_task(db, task_id="t")
     assert row is not None and row.progress_seq == cursor + 2
     db.dispose()
+
+
+class ActorDiedError(Exception):
+    """Stands in for ray.exceptions.ActorDiedError (matched by name and module)."""
+
+
+ActorDiedError.__module__ = "ray.exceptions"
+
+
+class DyingTracker(FakeTracker):
+    """Its first wait ends with the actor's death, as when the tracker is SIGKILLed."""
+
+    died = False
+
+    async def events_after(
+        self, task_id: str, after_seq: int, timeout_s: float
+    ) -> list[Event] | None:
+        if not self.died:
+            self.died = True
+            raise ActorDiedError("The actor died unexpectedly before finishing this task.")
+        return await super().events_after(task_id, after_seq, timeout_s)
+
+
+def test_a_websocket_waits_out_a_dead_tracker_and_ends_with_the_terminal_event(
+    tmp_path: Path,
+) -> None:
+    services = make_ingress_services(tmp_path, tracker=DyingTracker, ws_wait_seconds=0.2)
+    repository.create_task(
+        services.db,
+        task_id="t",
+        task_type=TaskType.speech_to_text,
+        params=TaskParams(),
+        file_name=None,
+        audio_path=None,
+    )
+    tracker: DyingTracker = services.progress  # type: ignore[assignment]
+    state = tracker.state("t")
+    assert state is not None
+    state.start([TaskProgressStage.transcribing])
+    with TestClient(create_app(services)) as tc, tc.websocket_connect("/ws/tasks/t") as ws:
+        assert ws.receive_json()["type"] == "snapshot"
+        state.report(TaskProgressStage.transcribing, 50)
+        state.finish(TaskStatus.completed)
+        tracker.changed.set()
+        events = [ws.receive_json(), ws.receive_json()]
+        assert [e["seq"] for e in events] == [2, 3] and events[-1]["status"] == "completed"
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+        assert closed.value.code == 1000
+    assert tracker.died
