@@ -468,3 +468,32 @@ async def test_a_user_cancel_is_recorded_even_if_the_database_check_fails() -> N
     outcome = await running
     assert outcome.status is TaskStatus.cancelled
     assert progress.calls[-1] == ("finish", TaskStatus.cancelled)
+
+
+async def test_diarization_whose_replica_died_is_retried_too() -> None:
+    class DyingDiarize(FakeDiarize):
+        deaths = 1
+
+        async def diarize(self, audio: np.ndarray, req: DiarizeRequest) -> Transcript:
+            if self.deaths:
+                self.deaths -= 1
+                self.requests.append(req)
+                raise ActorDiedError("The actor died unexpectedly")
+            return await super().diarize(audio, req)
+
+    progress, diar = FakeProgress(), DyingDiarize()
+    pipeline = TaskPipeline(
+        asr=FakeAsr(),
+        align=FakeAlign({"en"}),
+        diarize=diar,
+        progress=progress,
+        decode=lambda path: AUDIO,
+        default_language="en",
+        stage_retry_backoff_s=0.0,
+    )
+    outcome = await pipeline.run(task())
+    assert outcome.status is TaskStatus.completed and len(diar.requests) == 2
+    assert progress.result is not None and progress.result.speakers == ["SPEAKER_00"]
+    assert [c[1] for c in progress.calls if c[0] == "note"] == [
+        "Diarization restarted: its model replica stopped (retry 1 of 2)"
+    ]
