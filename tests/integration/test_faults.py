@@ -97,7 +97,7 @@ async def test_ws_ends_with_the_terminal_event_across_tracker_restarts(
     have strictly increasing seqs, each one more than the previous one (nothing skipped of
     what the tracker numbered after what the client had), the last is the terminal event,
     and the socket closes 1000."""
-    clip = _long_clip(jfk_path, tmp_path / "long.wav", 3)
+    clip = _long_clip(jfk_path, tmp_path / "long.wav", 5)
     task_id = submit(service.base_url, clip, align="false", min_speakers=1, max_speakers=2)
     watcher = asyncio.create_task(collect(service.ws_url, task_id, after_seq=0, timeout=240))
     try:
