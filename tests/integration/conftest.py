@@ -87,11 +87,8 @@ def service(
 ) -> Iterator[Service]:
     import ray
     from ray import serve
-    from starlette.middleware import Middleware
 
-    from common.config import IngressConfig
     from ingress.builder import build_app
-    from ingress.limits import RequestLimitsMiddleware
 
     data_dir = tmp_path_factory.mktemp("data")
     env = {
@@ -110,6 +107,8 @@ def service(
         "WHISPERX_SERVE_REDIS_TTL_SECONDS": "600",
         # URL downloads and callbacks may reach test servers on 127.0.0.1 (nothing else)
         "WHISPERX_SERVE_URL_FETCH_ALLOW_NETWORKS": "127.0.0.1/32",
+        "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "ingress.limits:proxy_middlewares",
+        "WHISPERX_SERVE_PROXY_MAX_UPLOAD_BYTES": str(16 * 1024 * 1024),
     }
     args = {
         "name": APP,
@@ -151,19 +150,9 @@ def service(
     ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env})
     try:  # a failed start must not leave a half-started Ray to the tests after it
         port = free_port()
-        # the request limits in Serve's proxy too (ingress/limits.py), as in production
-        serve.start(
-            http_options={
-                "host": "127.0.0.1",
-                "port": port,
-                "middlewares": [
-                    Middleware(
-                        RequestLimitsMiddleware,
-                        config=IngressConfig.model_validate(args["ingress"]),
-                    )
-                ],
-            }
-        )
+        # the request limits run in Serve's proxy too (ingress/limits.py) through the
+        # proxy callback in ``env``: Ray 2.60 refuses ``http_options["middlewares"]``
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
         # JSON logs, as serve_config.yaml has them in production
         serve.run(build_app(args), name=APP, route_prefix="/", logging_config={"encoding": "JSON"})
         base = f"http://127.0.0.1:{port}"
