@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from common.schemas import (
     ErrorEvent,
     ProgressEvent,
@@ -277,8 +279,11 @@ def state_from_row(row: Any, weights: Weights | None = None) -> TaskProgressStat
     if weights is not None:
         state.weights = dict(weights)
     if state.status is TaskStatus.processing:
-        params = TaskParams.model_validate(row.params or {})
-        state.stages = params.stages(TaskType(row.task_type))
+        try:
+            params = TaskParams.model_validate(row.params or {})
+            state.stages = params.stages(TaskType(row.task_type))
+        except (ValidationError, ValueError):  # a row this version cannot read: no plan
+            state.stages = []
     if state.status.terminal:
         # Replay the terminal event to late subscribers, under the seq it was stored with.
         status, state.status = state.status, TaskStatus.processing
