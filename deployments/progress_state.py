@@ -135,6 +135,8 @@ class TaskProgressState:
         """A stage-local percentage (0–100) from inside a model deployment."""
         if self.status is not TaskStatus.processing or stage != self.stage:
             return None
+        if stage not in self.stages:  # no plan (a row rebuilt without one): nothing to map
+            return None
         lo, hi = stage_ranges(self.stages, self.weights)[stage]
         local = max(0.0, min(100.0, local_percentage))
         overall = round(lo + (hi - lo) * local / 100.0, 1)
