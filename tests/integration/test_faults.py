@@ -25,6 +25,14 @@ def _stage(service: Service, task_id: str) -> str | None:
     return str(r.json()["progress_stage"]) if r.status_code == 200 else None
 
 
+def _transcribing_in_progress(service: Service, task_id: str) -> bool:
+    """The ASR replica is executing the request: it has reported progress inside the stage
+    (the stage is entered before the audio is decoded and the request sent)."""
+    r = httpx.get(f"{service.base_url}/tasks/{task_id}/progress", timeout=10)
+    body = r.json() if r.status_code == 200 else {}
+    return body.get("progress_stage") == "transcribing" and body["progress_percentage"] > 0
+
+
 def _wait_for_stage(service: Service, task_id: str, stage: str, timeout: float = 120) -> None:
     wait_until(lambda: _stage(service, task_id) == stage, timeout=timeout, interval=0.1, what=stage)
 
@@ -78,7 +86,12 @@ def test_asr_replica_killed_mid_transcription_is_retried(
     task_id = submit(
         service.base_url, _long_clip(jfk_path, tmp_path / "long.wav", 4), diarize="false"
     )
-    _wait_for_stage(service, task_id, "transcribing")
+    wait_until(
+        lambda: _transcribing_in_progress(service, task_id),
+        timeout=120,
+        interval=0.05,
+        what="ASR mid-request",
+    )
     pids = _replica_pids("AsrDeployment")
     assert pids, "AsrDeployment replica process not found"
     for pid in pids:
