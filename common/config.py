@@ -155,6 +155,11 @@ class RunnerConfig(BaseModel):
     """Safety-net scan of the queue; new tasks wake the runner at once."""
     max_attempts: int = Field(2, ge=1)
     """Runs of one task before an interrupted task is failed instead of retried."""
+    stage_retries: int = Field(2, ge=0, le=10)
+    """Reruns of one model stage (ASR, alignment, diarization) whose replica died under it
+    (Serve does not retry in-flight requests); input errors are never retried."""
+    stage_retry_backoff_seconds: float = Field(1.0, ge=0)
+    """Wait before the first rerun while Serve replaces the replica; doubles per rerun."""
     db_mirror_interval_seconds: float = Field(1.0, ge=0)
     """Least time between two database writes of in-stage progress for one task."""
     callback_max_attempts: int = Field(5, ge=1, le=20)

@@ -150,6 +150,12 @@ class ProcessingError(ServiceError):
     status_code, code = 500, "processing_failed"
 
 
+class OutcomeNotRecordedError(ServiceError):
+    """The task ran to its end, but writing its outcome kept failing."""
+
+    status_code, code = 500, "outcome_not_recorded"
+
+
 _REQUEST_PARTS = ("body", "query", "path", "header", "form")
 
 
@@ -213,6 +219,28 @@ def _is_ray_failure(exc: BaseException) -> bool:
     """A Ray system failure (a replica or node died): matched by name, no Ray import."""
     return any(
         c.__name__ in _RAY_FAILURES and c.__module__.startswith("ray.") for c in type(exc).__mro__
+    )
+
+
+_REPLICA_GONE = frozenset(
+    {
+        "RayActorError",
+        "ActorDiedError",
+        "ActorUnavailableError",
+        "WorkerCrashedError",
+        "NodeDiedError",
+        "ReplicaUnavailableError",
+        "DeploymentUnavailableError",
+    }
+)
+
+
+def is_replica_failure(exc: BaseException) -> bool:
+    """The replica (or its node) that served a call died or became unreachable: the request
+    itself was not at fault, so it may be sent again to a live replica. A failure raised
+    inside a replica (``RayTaskError``, a ServiceError) is not one. Matched by name."""
+    return any(
+        c.__name__ in _REPLICA_GONE and c.__module__.startswith("ray.") for c in type(exc).__mro__
     )
 
 

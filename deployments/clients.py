@@ -75,6 +75,7 @@ class ProgressSink(Protocol):
     async def enter_stage(
         self, task_id: str, stage: TaskProgressStage, message: str = ""
     ) -> None: ...
+    async def note(self, task_id: str, message: str) -> None: ...
     async def finish(
         self,
         task_id: str,
@@ -97,6 +98,9 @@ class ProgressClient:
 
     async def enter_stage(self, task_id: str, stage: TaskProgressStage, message: str = "") -> None:
         await self._actor.enter_stage.remote(task_id, stage.value, message)
+
+    async def note(self, task_id: str, message: str) -> None:
+        await self._actor.note.remote(task_id, message)
 
     async def finish(
         self,

@@ -13,11 +13,11 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from common.errors import as_service_error
+from common.errors import OutcomeNotRecordedError, as_service_error, is_replica_failure
 from common.logs import current_request_id
 from common.schemas import (
     AlignRequest,
@@ -42,11 +42,16 @@ Decoder = Callable[[Path], np.ndarray]
 DurationSink = Callable[[str, float], Awaitable[None]]
 CancelCheck = Callable[[str], Awaitable[bool]]
 SAMPLE_RATE = 16_000
+T = TypeVar("T")
 _NO_ALIGNER = "No wav2vec2 aligner for '{language}': word times from Whisper"
 
 
 class TaskCancelled(Exception):
     """Raised at a safe point (between stages) once the task's cancellation was requested."""
+
+
+class OutcomeWriteFailed(Exception):
+    """Recording a task's outcome failed on every attempt (the cause is chained)."""
 
 
 @dataclass
@@ -81,6 +86,11 @@ class TaskPipeline:
         model_languages: dict[str, str | None] | None = None,
         record_duration: DurationSink | None = None,
         cancel_requested: CancelCheck | None = None,
+        stage_retries: int = 2,
+        stage_retry_backoff_s: float = 1.0,
+        record_attempts: int = 4,
+        record_backoff_s: float = 0.5,
+        cancelled_by_user: Callable[[str], bool] | None = None,
     ) -> None:
         self._asr, self._align, self._diarize = asr, align, diarize
         self._progress = progress
@@ -89,11 +99,18 @@ class TaskPipeline:
         self._model_languages = model_languages or {}
         self._record_duration = record_duration
         self._cancel_requested = cancel_requested
+        self._stage_retries = stage_retries
+        self._retry_backoff = stage_retry_backoff_s
+        self._record_attempts = max(1, record_attempts)
+        self._record_backoff = record_backoff_s
+        self._cancelled_by_user = cancelled_by_user
 
     async def run(self, task: TaskInput) -> TaskOutcome:
         timings = Timings(queued=task.queued_seconds)
         started = time.perf_counter()
         duration: float | None = None
+        transcript: Transcript | None = None
+        error: TaskError | None = None
         try:
             stages = task.params.stages(task.task_type)
             await self._progress.start(task.task_id, stages, task.attempt)
@@ -106,18 +123,12 @@ class TaskPipeline:
                 if self._record_duration is not None:  # before the result is published
                     await self._record_duration(task.task_id, duration)
             transcript = await self._process(task, audio, timings)
-            timings.total = round(time.perf_counter() - started, 3)
-            await self._progress.finish(
-                task.task_id, TaskStatus.completed, result=transcript, timings=timings
-            )
-            return TaskOutcome(TaskStatus.completed, duration, timings=timings)
+            status = TaskStatus.completed
         except (asyncio.CancelledError, TaskCancelled) as exc:
-            if isinstance(exc, asyncio.CancelledError) and not await self._is_cancelled(task):
+            if isinstance(exc, asyncio.CancelledError) and not await self._user_cancelled(task):
                 raise  # the runner stopped the task (lost lease, shutdown): not the user's cancel
             logger.info("task cancelled", extra={"task_id": task.task_id})
-            timings.total = round(time.perf_counter() - started, 3)
-            await self._progress.finish(task.task_id, TaskStatus.cancelled, timings=timings)
-            return TaskOutcome(TaskStatus.cancelled, duration, timings=timings)
+            status = TaskStatus.cancelled
         except Exception as exc:  # every failure becomes a failed task with a clear error
             err = as_service_error(exc)
             if err.status_code >= 500:
@@ -125,11 +136,76 @@ class TaskPipeline:
             else:
                 logger.warning("task rejected: %s", err, extra={"task_id": task.task_id})
             error = TaskError.from_exception(err)
-            timings.total = round(time.perf_counter() - started, 3)
-            await self._progress.finish(
-                task.task_id, TaskStatus.failed, error=error, timings=timings
+            status = TaskStatus.failed
+        timings.total = round(time.perf_counter() - started, 3)
+        return await self._record(task, status, duration, timings, transcript, error)
+
+    async def _record(
+        self,
+        task: TaskInput,
+        status: TaskStatus,
+        duration: float | None,
+        timings: Timings,
+        result: Transcript | None,
+        error: TaskError | None,
+    ) -> TaskOutcome:
+        """Record the outcome, retrying the write (not the task) when it fails. A write that
+        keeps failing ends the task ``failed`` with ``outcome_not_recorded``; if even that
+        cannot be written, the error goes to the runner and the task's lease runs out."""
+        try:
+            await self._finish(task, status, result=result, error=error, timings=timings)
+            return TaskOutcome(status, duration, error, timings)
+        except OutcomeWriteFailed as failed:
+            cause = failed.__cause__ or failed
+            err = OutcomeNotRecordedError(
+                "The task finished but its outcome could not be saved. Please submit it again.",
+                f"recording '{status.value}' failed {self._record_attempts} times: "
+                f"{type(cause).__name__}: {cause}",
             )
+            logger.error("%s", err, extra={"task_id": task.task_id}, exc_info=cause)
+            error = TaskError.from_exception(err)
+            await self._finish(task, TaskStatus.failed, error=error, timings=timings)
             return TaskOutcome(TaskStatus.failed, duration, error, timings)
+
+    async def _finish(
+        self,
+        task: TaskInput,
+        status: TaskStatus,
+        *,
+        result: Transcript | None = None,
+        error: TaskError | None = None,
+        timings: Timings | None = None,
+    ) -> None:
+        """``progress.finish`` with bounded retries; ``OutcomeWriteFailed`` after the last.
+        A repeated write is harmless: an already finished task is left as it is."""
+        for attempt in range(1, self._record_attempts + 1):
+            try:
+                await self._progress.finish(
+                    task.task_id, status, result=result, error=error, timings=timings
+                )
+                return
+            except Exception as exc:  # the tracker or its database: retry the write
+                if attempt == self._record_attempts:
+                    raise OutcomeWriteFailed(task.task_id) from exc
+                delay = self._record_backoff * 2 ** (attempt - 1)
+                logger.warning(
+                    "recording task %s as %s failed (attempt %d of %d); retrying in %.1fs",
+                    task.task_id,
+                    status.value,
+                    attempt,
+                    self._record_attempts,
+                    delay,
+                    extra={"task_id": task.task_id},
+                    exc_info=exc,
+                )
+                await asyncio.sleep(delay)
+
+    async def _user_cancelled(self, task: TaskInput) -> bool:
+        """Whether a cancellation of the run came from the user's cancel: the runner says so
+        from memory, so a database hiccup here never turns a cancel into a runner stop."""
+        if self._cancelled_by_user is not None and self._cancelled_by_user(task.task_id):
+            return True
+        return await self._is_cancelled(task)
 
     def _fixed_language(self, model: str | None) -> str | None:
         """The language a model always transcribes (``asr.language``, or English for an
@@ -168,17 +244,17 @@ class TaskPipeline:
         language = params.asr.language or self._fixed_language(params.asr.model)
         can_align: bool | None = None
         if params.align and language:
-            can_align = await self._align.supports(language)
+            can_align = await self._call(task, "alignment", lambda: self._align.supports(language))
 
         t0 = time.perf_counter()
-        transcript = await self._asr.transcribe(
-            audio,
-            AsrRequest(
-                task_id=task_id,
-                request_id=current_request_id(),
-                options=params.asr,
-                word_timestamps=can_align is False,
-            ),
+        asr_request = AsrRequest(
+            task_id=task_id,
+            request_id=current_request_id(),
+            options=params.asr,
+            word_timestamps=can_align is False,
+        )
+        transcript = await self._call(
+            task, "transcription", lambda: self._asr.transcribe(audio, asr_request)
         )
         timings.transcribing = round(time.perf_counter() - t0, 3)
 
@@ -186,23 +262,31 @@ class TaskPipeline:
             await self._checkpoint(task)
             t0 = time.perf_counter()
             if can_align is None:
-                can_align = await self._align.supports(transcript.language or "")
+                detected = transcript.language or ""
+                can_align = await self._call(
+                    task, "alignment", lambda: self._align.supports(detected)
+                )
             if can_align:
                 await self._progress.enter_stage(task_id, TaskProgressStage.aligning)
-                transcript = await self._align.align(
-                    audio,
-                    AlignRequest(
-                        task_id=task_id,
-                        request_id=current_request_id(),
-                        transcript=transcript,
-                        options=params.alignment,
-                    ),
+                align_request = AlignRequest(
+                    task_id=task_id,
+                    request_id=current_request_id(),
+                    transcript=transcript,
+                    options=params.alignment,
+                )
+                transcript = await self._call(
+                    task, "alignment", lambda: self._align.align(audio, align_request)
                 )
             else:
                 message = _NO_ALIGNER.format(language=transcript.language)
                 await self._progress.enter_stage(task_id, TaskProgressStage.aligning, message)
                 if transcript.word_timestamps is None:
-                    transcript = await self._asr.add_word_timestamps(audio, transcript, params.asr)
+                    plain = transcript
+                    transcript = await self._call(
+                        task,
+                        "word timing",
+                        lambda: self._asr.add_word_timestamps(audio, plain, params.asr),
+                    )
                 transcript = _warn(transcript, "no_aligner", message)
             timings.aligning = round(time.perf_counter() - t0, 3)
 
@@ -224,16 +308,16 @@ class TaskPipeline:
         t0 = time.perf_counter()
         if enter:
             await self._progress.enter_stage(task.task_id, TaskProgressStage.diarizing)
-        result = await self._diarize.diarize(
-            audio,
-            DiarizeRequest(
-                task_id=task.task_id,
-                request_id=current_request_id(),
-                transcript=transcript,
-                num_speakers=params.num_speakers,
-                min_speakers=params.min_speakers,
-                max_speakers=params.max_speakers,
-            ),
+        request = DiarizeRequest(
+            task_id=task.task_id,
+            request_id=current_request_id(),
+            transcript=transcript,
+            num_speakers=params.num_speakers,
+            min_speakers=params.min_speakers,
+            max_speakers=params.max_speakers,
+        )
+        result = await self._call(
+            task, "diarization", lambda: self._diarize.diarize(audio, request)
         )
         timings.diarizing = round(time.perf_counter() - t0, 3)
         return result
@@ -247,18 +331,23 @@ class TaskPipeline:
         t0 = time.perf_counter()
         language = transcript.language or self._fixed_language(task.params.asr.model) or "en"
         transcript = transcript.model_copy(update={"language": language})
-        if await self._align.supports(language):
-            transcript = await self._align.align(
-                audio,
-                AlignRequest(
-                    task_id=task.task_id,
-                    request_id=current_request_id(),
-                    transcript=transcript,
-                    options=task.params.alignment,
-                ),
+        if await self._call(task, "alignment", lambda: self._align.supports(language)):
+            request = AlignRequest(
+                task_id=task.task_id,
+                request_id=current_request_id(),
+                transcript=transcript,
+                options=task.params.alignment,
+            )
+            transcript = await self._call(
+                task, "alignment", lambda: self._align.align(audio, request)
             )
         else:
-            transcript = await self._asr.add_word_timestamps(audio, transcript, task.params.asr)
+            given = transcript
+            transcript = await self._call(
+                task,
+                "word timing",
+                lambda: self._asr.add_word_timestamps(audio, given, task.params.asr),
+            )
             message = _NO_ALIGNER.format(language=language)
             transcript = _warn(transcript, "no_aligner", message)
         timings.aligning = round(time.perf_counter() - t0, 3)
@@ -270,7 +359,42 @@ class TaskPipeline:
         turns = [
             SpeakerTurn.model_validate(t) for t in (task.inputs or {}).get("speaker_turns", [])
         ]
-        return await self._diarize.assign(transcript, turns)
+        return await self._call(
+            task, "diarization", lambda: self._diarize.assign(transcript, turns)
+        )
+
+    async def _call(self, task: TaskInput, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """One model-deployment call, sent again (up to ``stage_retries`` times, after a
+        doubling backoff while Serve replaces the replica) when the replica serving it died:
+        Serve does not retry in-flight requests. Any other failure is raised at once, and
+        the last replica failure becomes the task's ``processing_failed``."""
+        retry = 0
+        while True:
+            try:
+                return await call()
+            except Exception as exc:
+                if retry >= self._stage_retries or not is_replica_failure(exc):
+                    raise
+                retry += 1
+                delay = self._retry_backoff * 2 ** (retry - 1)
+                logger.warning(
+                    "%s replica stopped under task %s (%s); retry %d of %d in %.1fs",
+                    what,
+                    task.task_id,
+                    type(exc).__name__,
+                    retry,
+                    self._stage_retries,
+                    delay,
+                    extra={"task_id": task.task_id},
+                    exc_info=exc,
+                )
+                await self._progress.note(
+                    task.task_id,
+                    f"{what.capitalize()} restarted: its model replica stopped "
+                    f"(retry {retry} of {self._stage_retries})",
+                )
+                await asyncio.sleep(delay)
+                await self._checkpoint(task)
 
 
 def _warn(transcript: Transcript, code: WarningCode, message: str) -> Transcript:

@@ -78,8 +78,16 @@ class ProgressTracker:
         if state is not None:
             await self._publish(state, state.enter_stage(TaskProgressStage(stage), message))
 
+    async def note(self, task_id: str, message: str) -> None:
+        """A new message for the current stage (a stage retried), at the same percentage."""
+        state = await self._state(task_id)
+        if state is not None:
+            await self._publish(state, state.note(message))
+
     async def report(self, task_id: str, stage: str, percentage: float, message: str = "") -> None:
-        state = self._states.get(task_id)  # reports only ever follow start()
+        # Loaded from the row if this incarnation has not seen the task yet: a restart
+        # must not freeze a running stage's progress until the runner's next call.
+        state = await self._state(task_id)
         if state is not None:
             await self._publish(state, state.report(TaskProgressStage(stage), percentage, message))
 
@@ -164,6 +172,18 @@ class ProgressTracker:
         state = await self._state(task_id)
         if state is None:
             return None
+        if after_seq > state.seq and not state.status.terminal:
+            # A client saw events up to ``after_seq`` from an earlier incarnation of this
+            # actor (rebuilt from a lagging database mirror): number the next event after
+            # them, so the client neither skips it as already seen nor finds a gap.
+            logger.info(
+                "task %s continues at seq %d (was %d) after a tracker restart",
+                task_id,
+                after_seq,
+                state.seq,
+                extra={"task_id": task_id},
+            )
+            state.seq = after_seq
         cond = self._condition(task_id)
 
         def ready() -> bool:
@@ -195,7 +215,7 @@ class ProgressTracker:
         row = await asyncio.to_thread(repository.get_task, self._db, task_id=task_id)
         if row is None:
             return None
-        state = state_from_row(row)
+        state = state_from_row(row, self._weights)
         if self._bus is not None and not state.status.terminal:
             # The database mirror of seq lags (≤1 write/s inside a stage); Redis holds every
             # event a previous incarnation published. Continue after those, so clients that

@@ -19,13 +19,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from common.schemas import (
     ErrorEvent,
     ProgressEvent,
     TaskError,
+    TaskParams,
     TaskProgressStage,
     TaskSnapshot,
     TaskStatus,
+    TaskType,
 )
 
 STAGE_WEIGHTS: dict[TaskProgressStage, float] = {
@@ -131,6 +135,8 @@ class TaskProgressState:
         """A stage-local percentage (0–100) from inside a model deployment."""
         if self.status is not TaskStatus.processing or stage != self.stage:
             return None
+        if stage not in self.stages:  # no plan (a row rebuilt without one): nothing to map
+            return None
         lo, hi = stage_ranges(self.stages, self.weights)[stage]
         local = max(0.0, min(100.0, local_percentage))
         overall = round(lo + (hi - lo) * local / 100.0, 1)
@@ -139,6 +145,12 @@ class TaskProgressState:
         self.percentage = overall
         self._update_eta()
         return self._emit_progress(message or self.message)
+
+    def note(self, message: str) -> Event | None:
+        """An event with a new message and the same stage and percentage (never backwards)."""
+        if self.status is not TaskStatus.processing or not message:
+            return None
+        return self._emit_progress(message)
 
     def finish(self, status: TaskStatus, error: TaskError | None = None) -> Event | None:
         if self.status.terminal:
@@ -176,6 +188,8 @@ class TaskProgressState:
         if self.status is not TaskStatus.completed or self.finished_at is None:
             return {}
         order = [s for s in self.stages if s in self.entered_at]
+        if not order or order[0] != self.stages[0]:
+            return {}  # rebuilt mid-run (a tracker restart): this incarnation saw only a part
         ends = [self.entered_at[s] for s in order[1:]] + [self.finished_at]
         return {s: max(end - self.entered_at[s], 0.0) for s, end in zip(order, ends, strict=True)}
 
@@ -243,8 +257,11 @@ class TaskProgressState:
         return event
 
 
-def state_from_row(row: Any) -> TaskProgressState:
-    """Rebuild live state from a task row (after a tracker restart, or a task not yet seen)."""
+def state_from_row(row: Any, weights: Weights | None = None) -> TaskProgressState:
+    """Rebuild live state from a task row (after a tracker restart, or a task not yet seen).
+
+    A running task gets its stage plan back from its parameters, so the in-stage reports of
+    the run that goes on keep moving the bar (from where the row has it, never back)."""
     error = None
     if row.error_code:
         error = TaskError(
@@ -261,6 +278,14 @@ def state_from_row(row: Any) -> TaskProgressState:
         message=row.progress_message or "",
         error=error,
     )
+    if weights is not None:
+        state.weights = dict(weights)
+    if state.status is TaskStatus.processing:
+        try:
+            params = TaskParams.model_validate(row.params or {})
+            state.stages = params.stages(TaskType(row.task_type))
+        except (ValidationError, ValueError):  # a row this version cannot read: no plan
+            state.stages = []
     if state.status.terminal:
         # Replay the terminal event to late subscribers, under the seq it was stored with.
         status, state.status = state.status, TaskStatus.processing

@@ -82,6 +82,9 @@ class TaskRunner:
             model_languages=model_languages,
             record_duration=self._record_duration,
             cancel_requested=self._cancel_requested,
+            stage_retries=config.stage_retries,
+            stage_retry_backoff_s=config.stage_retry_backoff_seconds,
+            cancelled_by_user=lambda task_id: task_id in self._stopping,
         )
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._stopping: dict[str, float] = {}  # cancelled on request: since when (loop time)
@@ -294,8 +297,8 @@ class TaskRunner:
         except asyncio.CancelledError:
             logger.warning("task %s stopped", task_id, extra={"task_id": task_id})
         except Exception:
-            # The tracker or database failed while finishing; the lease will run out and
-            # the task is claimed again rather than left `processing` forever.
+            # Even recording the failure failed (the pipeline retries outcome writes): the
+            # lease runs out and the task is claimed again, not left `processing` forever.
             logger.exception("task %s could not be finished", task_id, extra={"task_id": task_id})
         finally:
             self._inflight.pop(task_id, None)

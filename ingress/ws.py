@@ -18,7 +18,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect, status
 
 from common import metrics
-from common.errors import TaskNotFoundError
+from common.errors import TaskNotFoundError, is_replica_failure
 from common.schemas import TaskSnapshot
 from deployments.progress_state import Event
 from ingress.auth import Caller, caller_of, visible_task, ws_subprotocol
@@ -34,6 +34,14 @@ TASK_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 """Task ids are uuid hex (``new_task_id``); anything outside this is refused before lookup."""
 MAX_SEQ = 2**53
 """Far above any real task's event count; larger ``after_seq`` values are refused."""
+TRACKER_RETRY_S = 0.5
+"""Wait before asking the tracker again after it died (Ray restarts it at once)."""
+TRACKER_GIVE_UP_S = 60.0
+"""A tracker unreachable this long closes open streams with 1011 (clients poll instead)."""
+
+
+class TrackerUnavailable(Exception):
+    """The tracker stayed unreachable for ``TRACKER_GIVE_UP_S``."""
 
 
 def _bad_request(task_id: str, after_seq: str | None) -> str | None:
@@ -104,6 +112,11 @@ async def _serve(
         await _stream(websocket, feed, cursor)
     except WebSocketDisconnect:
         logger.debug("websocket client left", extra={"task_id": task_id})
+    except TrackerUnavailable:
+        logger.warning("progress tracker stayed unavailable", extra={"task_id": task_id})
+        await websocket.close(
+            CLOSE_TRACKER_UNAVAILABLE, "progress tracker unavailable; poll /tasks/{id}/progress"
+        )
 
 
 def _start_cursor(snap: TaskSnapshot, after_seq: int | None) -> int:
@@ -122,6 +135,7 @@ class EventFeed:
         self._services = services
         self._task_id = task_id
         self._known = known_seq  # the highest seq known to exist (snapshot, events seen)
+        self._down_since: float | None = None  # when the tracker last stopped answering
 
     async def after(self, cursor: int) -> list[Event] | None:
         wait = self._services.ws_wait_seconds
@@ -134,7 +148,30 @@ class EventFeed:
                 return self._seen(events)
             if events is not None and caught_up:
                 return self._seen(await self._actor_now(cursor))
-        return self._seen(await self._services.progress.events_after(self._task_id, cursor, wait))
+        try:
+            events = await self._services.progress.events_after(self._task_id, cursor, wait)
+        except Exception as exc:
+            if not is_replica_failure(exc):
+                raise
+            await self._tracker_away(exc)
+            return []  # asked again: the restarted tracker continues after ``cursor``
+        self._down_since = None
+        return self._seen(events)
+
+    async def _tracker_away(self, exc: BaseException) -> None:
+        """The tracker died under a wait (Ray restarts it): back off briefly, then the
+        caller asks again. Raises ``TrackerUnavailable`` once it has been gone too long."""
+        loop = asyncio.get_running_loop()
+        if self._down_since is None:
+            self._down_since = loop.time()
+            logger.warning(
+                "progress tracker stopped under a websocket (%s); waiting for its restart",
+                type(exc).__name__,
+                extra={"task_id": self._task_id},
+            )
+        elif loop.time() - self._down_since > TRACKER_GIVE_UP_S:
+            raise TrackerUnavailable(self._task_id) from exc
+        await asyncio.sleep(TRACKER_RETRY_S)
 
     async def _actor_now(self, cursor: int) -> list[Event] | None:
         """After Redis had nothing new for a while: one non-waiting look at the tracker, so

@@ -106,6 +106,9 @@ class FakeProgress:
     async def enter_stage(self, task_id: str, stage: TaskProgressStage, message: str = "") -> None:
         self.calls.append(("stage", stage, message))
 
+    async def note(self, task_id: str, message: str) -> None:
+        self.calls.append(("note", message))
+
     async def finish(
         self,
         task_id: str,
@@ -327,3 +330,170 @@ async def test_a_multilingual_model_next_to_an_english_default_detects_first() -
     assert asr.requests[0].word_timestamps is False  # not decided before ASR detected
     assert align.calls == 0 and asr.word_calls == 1
     assert progress.result is not None and progress.result.word_timestamps == "whisper"
+
+
+class ActorDiedError(Exception):
+    """Stands in for ray.exceptions.ActorDiedError (matched by name and module)."""
+
+
+ActorDiedError.__module__ = "ray.exceptions"
+
+
+class DyingAsr(FakeAsr):
+    def __init__(self, deaths: int, error: Exception | None = None) -> None:
+        super().__init__()
+        self.deaths = deaths
+        self.error = error
+
+    async def transcribe(self, audio: np.ndarray, req: AsrRequest) -> Transcript:
+        if self.deaths > 0:
+            self.deaths -= 1
+            self.requests.append(req)
+            raise self.error or ActorDiedError("The actor died unexpectedly; pid=123")
+        return await super().transcribe(audio, req)
+
+
+def _with_asr(asr: FakeAsr, retries: int = 2) -> tuple[TaskPipeline, FakeProgress]:
+    pipeline, _, align, diar, progress = make({"en"})
+    pipeline = TaskPipeline(
+        asr=asr,
+        align=align,
+        diarize=diar,
+        progress=progress,
+        decode=lambda path: AUDIO,
+        default_language="en",
+        stage_retries=retries,
+        stage_retry_backoff_s=0.0,
+    )
+    return pipeline, progress
+
+
+async def test_a_stage_whose_replica_died_is_retried_and_completes() -> None:
+    asr = DyingAsr(deaths=2)
+    pipeline, progress = _with_asr(asr)
+    outcome = await pipeline.run(task())
+    assert outcome.status is TaskStatus.completed and len(asr.requests) == 3
+    notes = [c[1] for c in progress.calls if c[0] == "note"]
+    assert len(notes) == 2 and "retry 2 of 2" in notes[-1]
+
+
+async def test_replica_deaths_past_the_retries_fail_as_processing_failed() -> None:
+    asr = DyingAsr(deaths=3)
+    pipeline, _ = _with_asr(asr)
+    outcome = await pipeline.run(task())
+    assert outcome.status is TaskStatus.failed and len(asr.requests) == 3
+    assert outcome.error is not None and outcome.error.code == "processing_failed"
+    assert "pid" not in outcome.error.technical_detail.replace("pid=***", "")
+
+
+async def test_input_errors_are_never_retried() -> None:
+    asr = DyingAsr(deaths=1, error=InvalidAudioError("bad audio", "x"))
+    pipeline, progress = _with_asr(asr)
+    outcome = await pipeline.run(task())
+    assert outcome.status is TaskStatus.failed and len(asr.requests) == 1
+    assert outcome.error is not None and outcome.error.code == "invalid_audio"
+    assert not [c for c in progress.calls if c[0] == "note"]
+
+
+class FlakyProgress(FakeProgress):
+    """``finish`` fails for the statuses in ``failing`` (``times`` times each, or always)."""
+
+    def __init__(self, failing: set[TaskStatus], times: int | None = None) -> None:
+        super().__init__()
+        self.failing, self.times = failing, times
+
+    async def finish(self, task_id: str, status: TaskStatus, **kw: Any) -> bool:
+        self.calls.append(("write", status))
+        if status in self.failing and (self.times is None or self.times > 0):
+            if self.times is not None:
+                self.times -= 1
+            raise RuntimeError("database is locked")
+        return await super().finish(task_id, status, **kw)
+
+
+def _with_progress(progress: FakeProgress, **kw: Any) -> TaskPipeline:
+    return TaskPipeline(
+        asr=FakeAsr(),
+        align=FakeAlign({"en"}),
+        diarize=FakeDiarize(),
+        progress=progress,
+        decode=lambda path: AUDIO,
+        default_language="en",
+        record_backoff_s=0.0,
+        **kw,
+    )
+
+
+async def test_a_failed_outcome_write_is_retried_not_the_task() -> None:
+    progress = FlakyProgress({TaskStatus.completed}, times=2)
+    outcome = await _with_progress(progress).run(task())
+    assert outcome.status is TaskStatus.completed
+    writes = [c for c in progress.calls if c[0] == "write"]
+    assert writes == [("write", TaskStatus.completed)] * 3
+    assert [c[0] for c in progress.calls].count("start") == 1  # the task ran once
+
+
+async def test_an_outcome_that_cannot_be_written_fails_with_its_own_code() -> None:
+    progress = FlakyProgress({TaskStatus.completed})
+    outcome = await _with_progress(progress, record_attempts=3).run(task())
+    assert outcome.status is TaskStatus.failed and outcome.error is not None
+    assert outcome.error.code == "outcome_not_recorded"
+    assert "database is locked" in outcome.error.technical_detail
+    assert progress.calls[-1] == ("finish", TaskStatus.failed)
+
+
+async def test_a_user_cancel_is_recorded_even_if_the_database_check_fails() -> None:
+    async def check(task_id: str) -> bool:
+        raise RuntimeError("database is locked")
+
+    progress = FakeProgress()
+    diar = FakeDiarize()
+    diar.block = asyncio.Event()
+    stopping: set[str] = set()
+    pipeline = TaskPipeline(
+        asr=FakeAsr(),
+        align=FakeAlign({"en"}),
+        diarize=diar,
+        progress=progress,
+        decode=lambda path: AUDIO,
+        default_language="en",
+        cancel_requested=check,
+        cancelled_by_user=stopping.__contains__,
+    )
+    running = asyncio.create_task(pipeline.run(task()))
+    while not diar.requests:
+        await asyncio.sleep(0)
+    stopping.add("t1")  # what the runner notes before it cancels for the user
+    running.cancel()
+    outcome = await running
+    assert outcome.status is TaskStatus.cancelled
+    assert progress.calls[-1] == ("finish", TaskStatus.cancelled)
+
+
+async def test_diarization_whose_replica_died_is_retried_too() -> None:
+    class DyingDiarize(FakeDiarize):
+        deaths = 1
+
+        async def diarize(self, audio: np.ndarray, req: DiarizeRequest) -> Transcript:
+            if self.deaths:
+                self.deaths -= 1
+                self.requests.append(req)
+                raise ActorDiedError("The actor died unexpectedly")
+            return await super().diarize(audio, req)
+
+    progress, diar = FakeProgress(), DyingDiarize()
+    pipeline = TaskPipeline(
+        asr=FakeAsr(),
+        align=FakeAlign({"en"}),
+        diarize=diar,
+        progress=progress,
+        decode=lambda path: AUDIO,
+        default_language="en",
+        stage_retry_backoff_s=0.0,
+    )
+    outcome = await pipeline.run(task())
+    assert outcome.status is TaskStatus.completed and len(diar.requests) == 2
+    assert progress.result is not None and progress.result.speakers == ["SPEAKER_00"]
+    assert [c[1] for c in progress.calls if c[0] == "note"] == [
+        "Diarization restarted: its model replica stopped (retry 1 of 2)"
+    ]
