@@ -134,31 +134,27 @@ def _tags(name: str, tags: dict[str, str]) -> dict[str, str]:
     return {k: str(tags.get(k, ""))[:64] for k in METRICS[name].tags}
 
 
-def inc(name: str, value: float = 1.0, **tags: str) -> None:
+def _record(name: str, method: str, value: float, tags: dict[str, str]) -> None:
+    """``obj.<method>(value)`` on the metric ``name``; nothing outside Ray, never raises."""
     obj = _get(name)
-    if obj is not None and value > 0:
+    if obj is not None:
         try:
-            obj.inc(value, tags=_tags(name, tags))
+            getattr(obj, method)(value, tags=_tags(name, tags))
         except Exception:
             logger.debug("metric %s not recorded", name, exc_info=True)
+
+
+def inc(name: str, value: float = 1.0, **tags: str) -> None:
+    if value > 0:
+        _record(name, "inc", value, tags)
 
 
 def set_gauge(name: str, value: float, **tags: str) -> None:
-    obj = _get(name)
-    if obj is not None:
-        try:
-            obj.set(value, tags=_tags(name, tags))
-        except Exception:
-            logger.debug("metric %s not recorded", name, exc_info=True)
+    _record(name, "set", value, tags)
 
 
 def observe(name: str, value: float, **tags: str) -> None:
-    obj = _get(name)
-    if obj is not None:
-        try:
-            obj.observe(value, tags=_tags(name, tags))
-        except Exception:
-            logger.debug("metric %s not recorded", name, exc_info=True)
+    _record(name, "observe", value, tags)
 
 
 # ---------------------------------------------------------------- what the service records

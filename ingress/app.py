@@ -105,7 +105,6 @@ class Ingress:
         config: IngressConfig,
         mirror_interval_s: float,
         asr_catalog: AsrCatalog | None = None,
-        asr_models: tuple[str, ...] = (),
     ) -> None:
         settings = Settings()
         configure_service_logging(settings.log_level)
@@ -134,7 +133,6 @@ class Ingress:
             deployments_ready=deployments_ready,
             events=RedisEventReader(bus, publisher_state=publisher_state) if bus else None,
             asr_catalog=asr_catalog,
-            asr_models=tuple(asr_models),
         )
         await asyncio.to_thread(log_auth_state, self._services.db, config)
 

@@ -115,6 +115,5 @@ def build_app(raw_args: dict[str, Any]) -> Application:
         config=args.ingress,
         mirror_interval_s=args.runner.db_mirror_interval_seconds,  # whoever creates the tracker
         asr_catalog=AsrCatalog.from_config(args.asr, models_path),
-        asr_models=tuple(sorted(args.asr.models)),  # the web page offers these by name
     )
     return built

@@ -36,6 +36,11 @@ class AsrCatalog(BaseModel):
             fixed_language=config.language,
         )
 
+    @property
+    def choices(self) -> list[str]:
+        """The names a request may give as ``model`` besides the default (``asr.models``)."""
+        return sorted(name for name in self.english_only if name != self.default)
+
     def check(self, options: AsrOptions) -> None:
         """Raise InvalidRequestError (422) for a model not served or a language it lacks."""
         name = options.model or self.default

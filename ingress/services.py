@@ -58,8 +58,6 @@ class IngressServices:
     """Redis event reader when ``redis_url`` is set; the tracker actor is the fallback."""
     asr_catalog: AsrCatalog | None = None
     """The models (and their languages) the ASR deployment serves; ``None``: not checked."""
-    asr_models: tuple[str, ...] = ()
-    """Names a request may pick with ``model=`` besides the default (``asr.models``)."""
 
 
 def get_services(request: Request) -> IngressServices:

@@ -64,7 +64,8 @@ class ServedModels(BaseModel):
     ),
 )
 async def served_models(services: ServicesDep) -> ServedModels:
-    return ServedModels(asr_models=list(services.asr_models))
+    catalog = services.asr_catalog
+    return ServedModels(asr_models=catalog.choices if catalog is not None else [])
 
 
 def mount_page(app: FastAPI) -> None:

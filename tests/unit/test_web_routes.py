@@ -9,9 +9,11 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
+from common.config import AsrConfig
 from common.errors import RangeNotSatisfiableError
 from common.schemas import Segment, TaskParams, TaskType, Timings, Transcript, Word
 from ingress.app import create_app
+from ingress.catalog import AsrCatalog
 from ingress.media import parse_range
 from ingress.services import IngressServices
 from storage import repository
@@ -46,7 +48,9 @@ async def test_models_lists_the_names_a_request_may_choose(
     client: httpx.AsyncClient, services: IngressServices
 ) -> None:
     assert (await client.get("/models")).json() == {"asr_models": []}
-    services.asr_models = ("large-v3", "tiny")
+    services.asr_catalog = AsrCatalog.from_config(
+        AsrConfig(model="asr/faster-whisper-tiny.en", models={"large-v3": "x", "tiny": "y"})
+    )
     assert (await client.get("/models")).json() == {"asr_models": ["large-v3", "tiny"]}
 
 
