@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from common import metrics
 from common.config import RunnerConfig
 from common.errors import DownloadFailedError, UrlNotAllowedError
-from common.netguard import FetchLimits, IPNetwork, post
+from common.netguard.policy import IPNetwork
+from common.netguard.transport import FetchLimits, post
 from common.schemas import TaskPublic
 
 logger = logging.getLogger(__name__)

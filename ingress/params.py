@@ -12,7 +12,7 @@ from fastapi import Depends, Query
 from pydantic import ValidationError
 
 from common.errors import validation_error_from
-from common.netguard import check_url
+from common.netguard.policy import check_url
 from common.schemas import AlignOptions, AsrOptions, ComputeType, InterpolateMethod, TaskParams
 
 

@@ -13,7 +13,7 @@ import httpx
 from fastapi import APIRouter, Form
 
 from common.config import IngressConfig
-from common.netguard import FetchLimits, fetch_to_file
+from common.netguard.transport import FetchLimits, fetch_to_file
 from common.schemas import TaskAccepted, TaskType
 from ingress.auth import CallerDep
 from ingress.errors import error_responses

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from common.config import RunnerConfig
-from common.netguard import parse_networks
+from common.netguard.policy import parse_networks
 from common.schemas import TaskParams, TaskPublic, TaskType
 from deployments.callbacks import CallbackPolicy, deliver_callback, sign, verify_signature
 from storage import repository

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from common.config import IngressConfig
-from common.netguard import parse_networks
+from common.netguard.policy import parse_networks
 from ingress.app import create_app
 from ingress.services import IngressServices
 from storage import repository
