@@ -29,7 +29,8 @@ from common.schemas import (
     Transcript,
 )
 from common.settings import Settings
-from deployments.events_bus import EventPublisher, EventsBusConfig
+from deployments.events_bus import EventsBusConfig
+from deployments.events_publisher import EventPublisher
 from deployments.progress_state import (
     STAGE_WEIGHTS,
     Event,

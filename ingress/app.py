@@ -16,11 +16,12 @@ from common.logs import configure_service_logging, log_context
 from common.schemas import TaskAccepted, TaskParams, TaskPublic, TaskSnapshot, TaskType
 from common.settings import Settings
 from deployments.clients import ProgressClient, RunnerClient
-from deployments.events_bus import EventsBusConfig, RedisEventReader
+from deployments.events_bus import EventsBusConfig
 from deployments.progress import get_or_create_tracker
 from ingress.auth import install_auth, log_auth_state
 from ingress.catalog import AsrCatalog
 from ingress.errors import document_error_shape, install_error_handlers
+from ingress.events_reader import RedisEventReader
 from ingress.limits import RequestLimitsMiddleware
 from ingress.request_id import RequestIdMiddleware, serve_request_id
 from ingress.routes import audio, health, openai_compat, results, speakers, stages, tasks

@@ -39,10 +39,12 @@ from common.schemas import (
     Transcript,
 )
 from common.settings import Settings
-from deployments.events_bus import EventPublisher, EventsBusConfig, RedisEventReader
+from deployments.events_bus import EventsBusConfig
+from deployments.events_publisher import EventPublisher
 from deployments.progress import ProgressTracker
 from deployments.progress_state import Event
 from ingress.app import create_app
+from ingress.events_reader import RedisEventReader
 from ingress.services import IngressServices
 from storage import repository
 from storage.db import Database, migrate
@@ -145,7 +147,7 @@ def _subscribe(channel: str, task_id: list[str], got: list[dict[str, Any]]) -> t
 
 FOLLOW = """
 import asyncio, sys
-from deployments.events_bus import iter_task_events
+from ingress.events_reader import iter_task_events
 
 async def main() -> None:
     url, task_id, app, prefix = sys.argv[1:5]
@@ -348,7 +350,7 @@ async def test_redis_outage_falls_back_to_the_actor_and_recovers(
     await watcher.until_seq(4)
     assert stored() == [1, 2, 3, 4] and reader.stats["redis"] >= 1
 
-    caplog.set_level(logging.INFO, logger="deployments.events_bus")
+    caplog.set_level(logging.INFO, logger="deployments.events_publisher")
     own_redis.kill()
     for pct in (40, 50, 60):  # seq 5-7, published nowhere but the actor's log
         await tracker.report(task_id, "transcribing", pct)
