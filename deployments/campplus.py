@@ -26,9 +26,10 @@ import torchaudio.compliance.kaldi as kaldi
 from pyannote.audio import Model
 from torch import nn
 
+from deployments.audio import SAMPLE_RATE
+
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16_000
 NUM_MEL_BINS = 80
 EMBEDDING_DIM = 192
 _WINDOW = 400  # 25 ms at 16 kHz

@@ -32,11 +32,11 @@ from common.errors import (
 from common.logs import configure_service_logging, log_context
 from common.schemas import DiarizeRequest, SpeakerTurn, TaskProgressStage, Transcript
 from common.settings import Settings
+from deployments.audio import SAMPLE_RATE
 from deployments.reporting import run_stoppable, stage_reporter
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16_000
 AGGLOMERATIVE_METHOD = "average"
 """Average linkage on cosine distance: ``clustering_threshold`` is the mean cosine distance
 between two clusters at which they stop merging (0.5 suits CAM++; see the tests)."""

@@ -34,6 +34,7 @@ from common.schemas import (
     TranscriptWarning,
     WarningCode,
 )
+from deployments.audio import SAMPLE_RATE
 from deployments.clients import AlignClient, AsrClient, DiarizeClient, ProgressSink
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,6 @@ logger = logging.getLogger(__name__)
 Decoder = Callable[[Path], np.ndarray]
 DurationSink = Callable[[str, float], Awaitable[None]]
 CancelCheck = Callable[[str], Awaitable[bool]]
-SAMPLE_RATE = 16_000
 T = TypeVar("T")
 _NO_ALIGNER = "No wav2vec2 aligner for '{language}': word times from Whisper"
 
