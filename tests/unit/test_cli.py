@@ -16,7 +16,7 @@ import pytest
 from ingress.auth import hash_key
 from ingress.cli import main
 from storage import api_keys
-from storage.db import Database
+from storage.db import Database, migrate
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,6 +45,47 @@ def test_the_console_script_points_at_the_cli() -> None:
     from ingress import cli
 
     assert callable(cli.main)
+
+
+def _sqlite_version(path: Path) -> list[str]:
+    with sqlite3.connect(path) as conn:
+        return [r[0] for r in conn.execute("SELECT version_num FROM alembic_version")]
+
+
+def test_the_installed_command_helps_and_migrates(tmp_path: Path) -> None:
+    """The ``whisperx-serve`` executable that ``pip install`` put next to this Python (what
+    an operator types), not ``python -m``: its help, then ``migrate`` on a fresh SQLite."""
+    command = Path(sys.executable).parent / "whisperx-serve"
+    assert command.is_file(), f"{command} missing: install the project (make install)"
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'client'}",
+        "WHISPERX_SERVE_DATA_DIR": str(tmp_path / "data"),
+    }
+    env.pop("WHISPERX_SERVE_DATABASE_URL", None)
+
+    def invoke(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(command), *args], env=env, capture_output=True, text=True, timeout=120
+        )
+
+    shown = invoke("--help")
+    assert shown.returncode == 0, shown.stderr
+    assert "usage: whisperx-serve" in shown.stdout
+    assert "migrate" in shown.stdout and "keys" in shown.stdout
+    assert not (tmp_path / "data").exists()  # help touches no database
+
+    db_file = tmp_path / "data" / "whisperx-serve.db"
+    for _ in range(2):  # a fresh database, then one already at the latest schema
+        done = invoke("migrate")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "latest schema" in done.stdout
+    reference = tmp_path / "reference.db"
+    migrate(f"sqlite:///{reference}")
+    assert _sqlite_version(db_file) == _sqlite_version(reference) != []
+
+    wrong = invoke("no-such-command")
+    assert wrong.returncode == 2 and "invalid choice" in wrong.stderr
 
 
 def cli(
