@@ -20,6 +20,7 @@ from common.logs import (
     log_context,
     valid_request_id,
 )
+from common.settings import Settings
 from ingress.app import create_app
 from ingress.services import IngressServices
 from storage import repository
@@ -65,6 +66,18 @@ def test_log_level_setting_is_honoured(serve_logger: ListHandler) -> None:
     log.info("info line")
     log.warning("warning line")
     assert [r.getMessage() for r in serve_logger.records] == ["debug line", "warning line"]
+
+
+def test_log_level_comes_from_the_environment(
+    serve_logger: ListHandler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``WHISPERX_SERVE_LOG_LEVEL``, as the README documents, is what the deployments pass."""
+    monkeypatch.setenv("WHISPERX_SERVE_LOG_LEVEL", "ERROR")
+    configure_service_logging(Settings().log_level, force=True)
+    log = logging.getLogger("deployments.asr")
+    log.warning("warning line")
+    log.error("error line")
+    assert [r.getMessage() for r in serve_logger.records] == ["error line"]
 
 
 def test_unknown_level_falls_back_to_info(serve_logger: ListHandler) -> None:
