@@ -44,25 +44,6 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
     return "sha256=" + mac.hexdigest()
 
 
-def verify_signature(
-    secret: str,
-    body: bytes,
-    signature: str,
-    timestamp: str,
-    *,
-    tolerance_s: float = 300.0,
-    now: float | None = None,
-) -> bool:
-    """A receiver's check: the signature matches and the timestamp is recent (no replay)."""
-    try:
-        sent = int(timestamp)
-    except ValueError:
-        return False
-    if abs((time.time() if now is None else now) - sent) > tolerance_s:
-        return False
-    return hmac.compare_digest(sign(secret, sent, body), signature)
-
-
 @dataclass(frozen=True)
 class CallbackPolicy:
     max_attempts: int = 5

@@ -234,10 +234,6 @@ def fbank(waveform: torch.Tensor) -> torch.Tensor:
     return feats
 
 
-def num_fbank_frames(num_samples: int) -> int:
-    return 0 if num_samples < _WINDOW else 1 + (num_samples - _WINDOW) // _SHIFT
-
-
 class CamPlusPlusEmbedding(Model):
     """pyannote ``Model``: waveforms ``(batch, 1, samples)`` -> embeddings ``(batch, 192)``."""
 

@@ -62,11 +62,6 @@ def find_active_key(db: Database, *, key_hash: str) -> ApiKeyRow | None:
         )
 
 
-def get_api_key(db: Database, *, key_id: str) -> ApiKeyRow | None:
-    with db.session() as session:
-        return session.get(ApiKeyRow, key_id)
-
-
 def resolve_key(db: Database, *, id_or_name: str) -> ApiKeyRow | None:
     """The key with this id, else the active key with this name."""
     with db.session() as session:

@@ -6,6 +6,8 @@ path, headers, body, arrival time) so tests can assert what actually reached the
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import threading
 import time
 from collections.abc import Callable
@@ -102,3 +104,25 @@ class LocalHTTPServer:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
+
+
+def verify_signature(
+    secret: str,
+    body: bytes,
+    signature: str,
+    timestamp: str,
+    *,
+    tolerance_s: float = 300.0,
+    now: float | None = None,
+) -> bool:
+    """What a callback receiver checks, as the README's "Signed callbacks" tells it (written
+    here apart from the service's signing code): ``sha256=`` HMAC-SHA256 of
+    ``{timestamp}.`` + the body bytes, and a timestamp no older than ``tolerance_s``."""
+    try:
+        sent = int(timestamp)
+    except ValueError:
+        return False
+    if abs((time.time() if now is None else now) - sent) > tolerance_s:
+        return False
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return hmac.compare_digest("sha256=" + mac.hexdigest(), signature)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
 import httpx
@@ -47,11 +47,6 @@ METADATA_HOSTNAMES = frozenset(
 )
 _CGNAT = ip_network("100.64.0.0/10")
 _NAT64 = ip_network("64:ff9b::/96")
-
-
-def parse_networks(values: Iterable[str | IPNetwork]) -> tuple[IPNetwork, ...]:
-    """CIDRs (``10.1.2.0/24``, ``127.0.0.2``) as networks; host bits set is an error."""
-    return tuple(v if isinstance(v, IPv4Network | IPv6Network) else ip_network(v) for v in values)
 
 
 def _embedded_ipv4(ip: IPv6Address) -> IPv4Address | None:

@@ -22,10 +22,9 @@ import pytest
 import websockets
 from whisperx_serve_client import Client
 
-from deployments.callbacks import verify_signature
 from tests.conftest import normalise
 from tests.integration.conftest import QUEUE_BOUND, Keys, Service
-from tests.local_http import LocalHTTPServer, Recorded, reply
+from tests.local_http import LocalHTTPServer, Recorded, reply, verify_signature
 from tests.waiting import wait_until
 
 PHRASE = "ask not what your country can do for you"

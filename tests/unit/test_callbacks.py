@@ -7,19 +7,19 @@ import socket
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
+from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
 
 from common.config import RunnerConfig
-from common.netguard.policy import parse_networks
 from common.schemas import TaskParams, TaskPublic, TaskType
-from deployments.callbacks import CallbackPolicy, deliver_callback, sign, verify_signature
+from deployments.callbacks import CallbackPolicy, deliver_callback, sign
 from storage import repository
 from storage.db import Database, migrate
-from tests.local_http import LocalHTTPServer, reply
+from tests.local_http import LocalHTTPServer, reply, verify_signature
 
-ALLOW = parse_networks(["127.0.0.2/32"])
+ALLOW = (ip_network("127.0.0.2/32"),)
 FAST = CallbackPolicy(
     max_attempts=4, backoff_seconds=0.2, backoff_max_seconds=2, attempt_timeout_seconds=2
 )

@@ -14,8 +14,13 @@ from deployments.campplus import (
     CAMPPlus,
     fbank,
     load_campplus,
-    num_fbank_frames,
 )
+
+
+def num_fbank_frames(num_samples: int) -> int:
+    """Kaldi's frame count without edge padding: 25 ms windows every 10 ms at 16 kHz."""
+    return 0 if num_samples < 400 else 1 + (num_samples - 400) // 160
+
 
 MODELS_DIR = Path(
     os.environ.get("WHISPERX_SERVE_MODELS_DIR")

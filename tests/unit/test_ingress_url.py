@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler
+from ipaddress import ip_network
 from pathlib import Path
 
 import httpx
 import pytest
 
 from common.config import IngressConfig
-from common.netguard.policy import parse_networks
 from ingress.app import create_app
 from ingress.services import IngressServices
 from storage import repository
@@ -35,7 +35,7 @@ def services(tmp_path: Path) -> IngressServices:
             download_read_timeout_seconds=2,
             download_timeout_seconds=10,
         ),
-        url_fetch_allow_networks=list(parse_networks(["127.0.0.2/32"])),
+        url_fetch_allow_networks=[ip_network("127.0.0.2/32")],
     )
 
 

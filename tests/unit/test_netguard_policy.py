@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from ipaddress import ip_address
+from ipaddress import ip_address, ip_network
 
 import pytest
+from pydantic import ValidationError
 
 from common.errors import UrlNotAllowedError
 from common.netguard.policy import (
     address_refusal,
     check_url,
-    parse_networks,
     redact_url,
     resolve,
 )
+from common.settings import Settings
 
-ALLOW = parse_networks(["127.0.0.2/32"])
+ALLOW = (ip_network("127.0.0.2/32"),)
 
 # ---------------------------------------------------------------- address policy
 
@@ -89,19 +90,24 @@ def test_allowlist_opens_exactly_its_networks(address: str, allowed: bool) -> No
 
 
 def test_allowlist_never_opens_metadata_multicast_or_unspecified() -> None:
-    everything = parse_networks(["0.0.0.0/0", "::/0"])
+    everything = (ip_network("0.0.0.0/0"), ip_network("::/0"))
     for address in ("169.254.169.254", "fd00:ec2::254", "224.0.0.1", "0.0.0.0", "::"):
         assert address_refusal(ip_address(address), everything) is not None, address
     assert address_refusal(ip_address("10.0.0.1"), everything) is None
 
 
-def test_parse_networks_rejects_host_bits() -> None:
-    assert [str(n) for n in parse_networks(["127.0.0.2", "10.0.0.0/8"])] == [
-        "127.0.0.2/32",
-        "10.0.0.0/8",
-    ]
-    with pytest.raises(ValueError):
-        parse_networks(["10.0.0.1/8"])
+def test_allow_networks_setting_parses_cidrs_and_rejects_host_bits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``WHISPERX_SERVE_URL_FETCH_ALLOW_NETWORKS``: where the allowlist comes from."""
+    name = "WHISPERX_SERVE_URL_FETCH_ALLOW_NETWORKS"
+    monkeypatch.setenv(name, "127.0.0.2, 10.0.0.0/8")
+    assert [str(n) for n in Settings().url_fetch_allow_networks] == ["127.0.0.2/32", "10.0.0.0/8"]
+    monkeypatch.setenv(name, '["fd00::/8"]')
+    assert [str(n) for n in Settings().url_fetch_allow_networks] == ["fd00::/8"]
+    monkeypatch.setenv(name, "10.0.0.1/8")
+    with pytest.raises(ValidationError):
+        Settings()
 
 
 # ---------------------------------------------------------------- URL checks

@@ -10,17 +10,17 @@ import asyncio
 import socket
 import time
 from http.server import BaseHTTPRequestHandler
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from common.errors import DownloadFailedError, UploadTooLargeError, UrlNotAllowedError
-from common.netguard.policy import parse_networks
 from common.netguard.transport import FetchLimits, fetch_to_file, post
 from tests.local_http import LocalHTTPServer, reply
 
-ALLOW = parse_networks(["127.0.0.2/32"])
+ALLOW = (ip_network("127.0.0.2/32"),)
 LIMITS = FetchLimits(max_bytes=1024 * 1024, connect_timeout=2, read_timeout=2, total_timeout=10)
 BODY = bytes(range(256)) * 64  # 16 KiB
 
