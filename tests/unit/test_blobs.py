@@ -11,6 +11,7 @@ import sqlite3
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -234,3 +235,55 @@ def test_migration_turns_stored_paths_into_keys(tmp_path: Path) -> None:
         assert conn.execute("SELECT audio_path FROM tasks WHERE id='old'").fetchone() == (
             "old.flac",
         )
+
+
+# ---------------------------------------------------------------- the ingress on each store
+
+
+@pytest.fixture(params=["local", "database"])
+def ingress(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    from common.config import IngressConfig
+    from tests.fakes import make_ingress_services
+
+    return make_ingress_services(
+        tmp_path,
+        config=IngressConfig(max_upload_bytes=4 * 1024 * 1024),
+        ready={"deployment:AsrDeployment": "ok"},
+        blob_store=request.param,
+    )
+
+
+async def test_upload_is_stored_played_and_deleted_with_its_task(
+    ingress: Any, jfk_path: Path
+) -> None:
+    import httpx
+
+    from ingress.app import create_app
+
+    transport = httpx.ASGITransport(app=create_app(ingress))
+    data = jfk_path.read_bytes()
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        r = await client.post("/speech-to-text", files={"file": ("talk.FLAC", data)})
+        assert r.status_code == 200, r.text
+        task_id = r.json()["identifier"]
+        row = repo.get_task(ingress.db, task_id=task_id)
+        assert row is not None and row.audio_key == f"{task_id}.flac"
+        assert ingress.blobs.info(row.audio_key).size == len(data)
+        uploads = ingress.settings.upload_dir()
+        in_database = ingress.settings.blob_store == "database"
+        assert list(uploads.glob("*")) == ([] if in_database else [uploads / row.audio_key])
+        assert not list(ingress.settings.spool_dir().glob("*"))  # the probe's copy is gone
+
+        played = await client.get(f"/task/{task_id}/audio")
+        assert played.status_code == 200 and played.content == data
+        assert played.headers["content-type"] == "audio/flac"
+        part = await client.get(f"/task/{task_id}/audio", headers={"Range": "bytes=10-19"})
+        assert part.status_code == 206 and part.content == data[10:20]
+
+        rejected = await client.post("/speech-to-text", files={"file": ("x.wav", b"no" * 500)})
+        assert rejected.status_code == 422
+        assert not list(ingress.settings.spool_dir().glob("*"))
+
+        assert (await client.delete(f"/task/{task_id}/delete")).status_code == 200
+        assert not ingress.blobs.exists(row.audio_key)
+        assert not list(ingress.settings.upload_dir().glob("*"))
