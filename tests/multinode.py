@@ -11,7 +11,9 @@ upload only completes if its audio is readable from wherever the work lands. Che
 1. Serve hands a replica a top-level ``ObjectRef`` argument as a read-only numpy array
    (plain and streaming handle calls): what the pipeline relies on to pass audio once.
 2. A node-local blob store (the local directory, not declared shared) is refused at
-   startup by the Ingress and the TaskRunner constructors on this cluster.
+   startup by the Ingress and the TaskRunner constructors on this cluster; and the nodes'
+   directories really are apart (a decoder on the runner node does not find a file in
+   the ingress node's local store), so a node-local read cannot pass unnoticed.
 3. With the database as the blob store (PostgreSQL, as a cluster needs), a real speech
    clip uploaded over HTTP completes, progress arriving over the WebSocket; the file lives
    in the ``blobs`` table, not on the ingress node's disk; the page's audio route streams
@@ -67,6 +69,7 @@ def start_cluster(root: Path) -> Any:
         data.mkdir(parents=True)
         # raylet environment: every worker on this node sees its own data directory
         return {
+            "include_dashboard": False,
             "num_cpus": cpus,
             "resources": {resource: 1},
             "env_vars": {"WHISPERX_SERVE_DATA_DIR": str(data)},
@@ -150,6 +153,34 @@ def check_local_store_refused(app_env: dict[str, str]) -> None:
         log(f"{name} refused the node-local store at startup")
 
 
+def check_node_local_dirs_are_distinct(app_env: dict[str, str], root: Path) -> None:
+    """What makes this cluster a fair test: a file in the ingress node's local store is
+    not there for a decoder on the runner node, as on separate machines."""
+    import ray
+
+    from common.errors import InvalidAudioError
+    from deployments.audio import decode_blob
+    from storage.blobs import LocalBlobStore, put_file
+
+    put_file(LocalBlobStore(root / "ingress" / "uploads"), "probe.flac", JFK)
+    local = {"env_vars": {**app_env, "WHISPERX_SERVE_BLOB_STORE": "local"}}
+    decode: Any = ray.remote(decode_blob)
+
+    def on(role: str) -> Any:
+        task = decode.options(num_cpus=0, resources={NODES[role][1]: PIN}, runtime_env=local)
+        return task.remote("probe.flac")
+
+    samples, duration = ray.get(on("ingress"), timeout=120)
+    assert duration > 10 and samples.dtype == np.float32, duration
+    try:
+        ray.get(on("runner"), timeout=120)
+    except InvalidAudioError as exc:  # RayTaskError(InvalidAudioError)
+        assert "not found" in str(exc), exc
+    else:
+        raise AssertionError("the runner node read the ingress node's local directory")
+    log("a node-local file is readable on its own node only")
+
+
 def deploy(app_env: dict[str, str], port: int) -> str:
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
@@ -198,17 +229,27 @@ def deploy(app_env: dict[str, str], port: int) -> str:
 
 def check_placement() -> None:
     """Ingress, TaskRunner and the model replicas run on three different nodes."""
-    from ray.util.state import list_actors
+    from ray._private import state
 
     nodes: dict[str, set[str]] = {}
-    for actor in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
-        name = actor.name or ""
-        for deployment in ("Ingress", "TaskRunner", "AsrDeployment", "DiarizationDeployment"):
-            if f"#{deployment}#" in name or name.endswith(f"#{deployment}"):
-                nodes.setdefault(deployment, set()).add(actor.node_id)
-    assert set(nodes) == {"Ingress", "TaskRunner", "AsrDeployment", "DiarizationDeployment"}, nodes
-    ingress, runner, asr = (nodes[d] for d in ("Ingress", "TaskRunner", "AsrDeployment"))
-    assert len(ingress | runner | asr) == 3 and nodes["DiarizationDeployment"] == asr, nodes
+    for actor in state.actors().values():  # the GCS's table: no dashboard needed
+        name = actor["Name"] or ""
+        if actor["State"] != "ALIVE" or not name.startswith(f"SERVE_REPLICA::{APP}#"):
+            continue
+        deployment = name.split("#")[1]
+        nodes.setdefault(deployment, set()).add(actor["Address"]["NodeID"])
+    ingress, runner, asr, align, diarize = (
+        nodes.get(d, set())
+        for d in (
+            "Ingress",
+            "TaskRunner",
+            "AsrDeployment",
+            "AlignmentDeployment",
+            "DiarizationDeployment",
+        )
+    )
+    assert len(ingress) == len(runner) == len(asr) == 1, nodes
+    assert len(ingress | runner | asr) == 3 and align == diarize == asr, nodes
     log("Ingress, TaskRunner and the models run on three different nodes")
 
 
@@ -274,6 +315,7 @@ def main() -> int:
             serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
             check_object_refs_resolved()
             check_local_store_refused(app_env)
+            check_node_local_dirs_are_distinct(app_env, root)
             base = deploy(app_env, port)
             log("app deployed on the cluster")
             check_placement()
