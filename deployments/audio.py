@@ -16,6 +16,7 @@ technical detail that never contains the server-side file path.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tempfile
 import time
@@ -164,9 +165,15 @@ class RayDecoder:
         self._decode: Any = ray.remote(num_returns=2, num_cpus=num_cpus)(decode_blob)
 
     async def __call__(self, key: str) -> DecodedAudio:
+        import ray
+
         audio, duration = self._decode.remote(key)
-        # Only the duration comes here; the samples stay in the object store.
-        return DecodedAudio(audio=audio, duration_s=float(await duration))
+        try:  # only the duration comes here; the samples stay in the object store
+            duration_s = float(await duration)
+        except asyncio.CancelledError:  # the task was cancelled or its runner stops
+            ray.cancel(audio)
+            raise
+        return DecodedAudio(audio=audio, duration_s=duration_s)
 
 
 def alive_nodes() -> int:

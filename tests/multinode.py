@@ -144,7 +144,8 @@ def check_local_store_refused(app_env: dict[str, str]) -> None:
         try:
             serve.run(app, name=app_name, route_prefix=None)
         except Exception as exc:  # Serve: the deployment failed to start
-            message = str(exc)
+            status = serve.status().applications[app_name].deployments[name]
+            message = f"{exc}\n{status.status.value}: {status.message}"
         else:
             raise AssertionError(f"{name} started on a node-local blob store on 3 nodes")
         assert "alive nodes but the blob store is the node-local" in message, message

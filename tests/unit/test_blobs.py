@@ -287,3 +287,32 @@ async def test_upload_is_stored_played_and_deleted_with_its_task(
         assert (await client.delete(f"/task/{task_id}/delete")).status_code == 200
         assert not ingress.blobs.exists(row.audio_key)
         assert not list(ingress.settings.upload_dir().glob("*"))
+
+
+# ---------------------------------------------------------------- decoding from the store
+
+
+@pytest.mark.parametrize("kind", ["local", "database"])
+def test_decode_blob_reads_the_store_this_node_is_configured_with(
+    kind: str, tmp_path: Path, jfk_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the Ray decode task runs: the node's own settings say where the file is; the
+    copy it decodes from is removed; a missing file is an invalid_audio error."""
+    from common.errors import InvalidAudioError
+    from deployments.audio import SAMPLE_RATE, decode_blob
+    from storage.blobs import put_file
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    migrate(url)
+    monkeypatch.setenv("WHISPERX_SERVE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("WHISPERX_SERVE_DATABASE_URL", url)
+    monkeypatch.setenv("WHISPERX_SERVE_BLOB_STORE", kind)
+    db = Database(url)
+    put_file(blob_store_from(Settings(), db), "t1.flac", jfk_path)
+    samples, duration = decode_blob("t1.flac")
+    assert samples.dtype.str == "<f4" and duration == pytest.approx(11.0, abs=0.1)
+    assert duration == samples.size / SAMPLE_RATE
+    assert not list((tmp_path / "spool").glob("*"))
+    with pytest.raises(InvalidAudioError, match="no longer stored"):
+        decode_blob("gone.flac")
+    db.dispose()
