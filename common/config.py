@@ -162,6 +162,8 @@ class RunnerConfig(BaseModel):
     """Wait before the first rerun while Serve replaces the replica; doubles per rerun."""
     db_mirror_interval_seconds: float = Field(1.0, ge=0)
     """Least time between two database writes of in-stage progress for one task."""
+    decode_num_cpus: float = Field(1.0, gt=0)
+    """CPUs of the Ray task that decodes a task's audio (on any node, not the runner's)."""
     callback_max_attempts: int = Field(5, ge=1, le=20)
     """POSTs of a task's final state to its ``callback_url`` before giving up."""
     callback_backoff_seconds: float = Field(1.0, gt=0)

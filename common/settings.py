@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -18,6 +18,18 @@ class Settings(BaseSettings):
 
     database_url: str | None = None
     """SQLAlchemy URL; default ``sqlite:///<data_dir>/whisperx-serve.db``."""
+
+    blob_store: Literal["local", "database"] = "local"
+    """Where uploaded and downloaded audio is kept: ``local``, a directory (``blob_dir``),
+    for one node; ``database``, the task database itself (chunked), which every node of a
+    cluster reaches. Several nodes on a node-local directory refuse to start."""
+
+    blob_dir: Path | None = None
+    """The ``local`` store's directory; default ``<data_dir>/uploads``."""
+
+    blob_dir_shared: bool = False
+    """Operator's word that ``blob_dir`` is a volume every node mounts (NFS, a shared
+    disk), so the ``local`` store may serve a cluster of several nodes."""
 
     redis_url: str | None = None
     """Redis URL for cross-process progress events; unset means the Ray actor alone."""
@@ -62,4 +74,10 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.data_dir / 'whisperx-serve.db').resolve()}"
 
     def upload_dir(self) -> Path:
-        return (self.data_dir / "uploads").resolve()
+        """The ``local`` blob store's directory."""
+        return (self.blob_dir or self.data_dir / "uploads").resolve()
+
+    def spool_dir(self) -> Path:
+        """This node's scratch space: an upload is probed here before it is stored, and a
+        stored file is copied here to be decoded."""
+        return (self.data_dir / "spool").resolve()

@@ -5,19 +5,37 @@ the input every model stage expects. ``probe_audio`` is the cheap check the ingr
 on an upload before accepting a task: it opens the container, insists on an audio stream
 and reports the duration without decoding the samples.
 
+A task's audio is decoded once, by :class:`RayDecoder`: a Ray task (``decode_num_cpus``
+CPUs, not the 0.1-CPU runner) on whichever node has room reads the file from the blob
+store and decodes it; its return value is the one copy of the samples in Ray's object
+store, and every model stage is handed the same ``ObjectRef`` (zero-copy, read-only).
+
 Both raise :class:`InvalidAudioError` (422) with a message fit for the user and a one-line
 technical detail that never contains the server-side file path.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeAlias
 
 import numpy as np
 
 from common.errors import InvalidAudioError
+from common.settings import Settings
+from storage.blobs import (
+    BlobStore,
+    LocalBlobStore,
+    blob_store_from,
+    copy_to_file,
+    require_cluster_readable,
+)
+from storage.db import Database
 
 logger = logging.getLogger(__name__)
 
@@ -97,3 +115,75 @@ def decode_audio(path: Path) -> np.ndarray:
         time.perf_counter() - started,
     )
     return samples
+
+
+AudioRef: TypeAlias = Any
+"""A task's samples as the model clients get them: an ``ObjectRef`` to a float32 16 kHz
+ndarray in production (Ray resolves it inside the replica, read-only), a plain ndarray
+in unit tests."""
+
+
+@dataclass(frozen=True)
+class DecodedAudio:
+    audio: AudioRef
+    duration_s: float
+
+
+def decode_blob(key: str) -> tuple[np.ndarray, float]:
+    """Decode the blob ``key`` on this node: copied from the store (this node's settings
+    say which) into this node's spool directory, decoded, the copy removed."""
+    settings = Settings()
+    db = Database(settings.resolved_database_url()) if settings.blob_store == "database" else None
+    try:
+        store = (
+            blob_store_from(settings, db)
+            if db is not None
+            else LocalBlobStore(settings.upload_dir(), shared=settings.blob_dir_shared)
+        )
+        spool = settings.spool_dir()
+        spool.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=spool, prefix="decode-", suffix=Path(key).suffix) as f:
+            try:
+                copy_to_file(store, key, f)
+            except FileNotFoundError as exc:
+                raise InvalidAudioError(
+                    "The task's audio file is no longer stored.", f"blob {key!r} not found"
+                ) from exc
+            audio = decode_audio(Path(f.name))
+    finally:
+        if db is not None:
+            db.dispose()
+    return audio, audio.size / SAMPLE_RATE
+
+
+class RayDecoder:
+    """The pipeline's decoder in production: one Ray task per file (see the module doc)."""
+
+    def __init__(self, num_cpus: float = 1.0) -> None:
+        import ray
+
+        self._decode: Any = ray.remote(num_returns=2, num_cpus=num_cpus)(decode_blob)
+
+    async def __call__(self, key: str) -> DecodedAudio:
+        import ray
+
+        audio, duration = self._decode.remote(key)
+        try:  # only the duration comes here; the samples stay in the object store
+            duration_s = float(await duration)
+        except asyncio.CancelledError:  # the task was cancelled or its runner stops
+            ray.cancel(audio)
+            raise
+        return DecodedAudio(audio=audio, duration_s=duration_s)
+
+
+def alive_nodes() -> int:
+    import ray
+
+    nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
+    return len([node for node in nodes if node.get("Alive")])
+
+
+def require_shared_blob_store(store: BlobStore) -> None:
+    """Refuse to start (ConfigurationError) on a cluster of several alive nodes whose blob
+    store only this node can read; see :func:`storage.blobs.require_cluster_readable`."""
+    require_cluster_readable(store, alive_nodes())

@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -34,12 +33,13 @@ from common.schemas import (
     TranscriptWarning,
     WarningCode,
 )
-from deployments.audio import SAMPLE_RATE
+from deployments.audio import AudioRef, DecodedAudio
 from deployments.clients import AlignClient, AsrClient, DiarizeClient, ProgressSink
 
 logger = logging.getLogger(__name__)
 
-Decoder = Callable[[Path], np.ndarray]
+Decoder = Callable[[str], Awaitable[DecodedAudio]]
+"""Blob key → the decoded samples (by reference) and their duration."""
 DurationSink = Callable[[str, float], Awaitable[None]]
 CancelCheck = Callable[[str], Awaitable[bool]]
 T = TypeVar("T")
@@ -57,7 +57,8 @@ class OutcomeWriteFailed(Exception):
 @dataclass
 class TaskInput:
     task_id: str
-    audio_path: Path | None
+    audio_key: str | None
+    """The audio's key in the blob store; ``None`` for tasks given JSON only."""
     params: TaskParams
     task_type: TaskType = TaskType.speech_to_text
     inputs: dict[str, Any] | None = None
@@ -114,12 +115,13 @@ class TaskPipeline:
         try:
             stages = task.params.stages(task.task_type)
             await self._progress.start(task.task_id, stages, task.attempt)
-            audio = np.zeros(0, dtype=np.float32)
-            if task.audio_path is not None:
+            audio: AudioRef = np.zeros(0, dtype=np.float32)
+            if task.audio_key is not None:
                 t0 = time.perf_counter()
-                audio = await asyncio.to_thread(self._decode, task.audio_path)
+                decoded = await self._decode(task.audio_key)
+                audio = decoded.audio  # passed on as it is: every stage reads the same object
                 timings.decode = round(time.perf_counter() - t0, 3)
-                duration = round(len(audio) / SAMPLE_RATE, 3)
+                duration = round(decoded.duration_s, 3)
                 if self._record_duration is not None:  # before the result is published
                     await self._record_duration(task.task_id, duration)
             transcript = await self._process(task, audio, timings)
@@ -231,7 +233,7 @@ class TaskPipeline:
         if await self._is_cancelled(task):
             raise TaskCancelled(task.task_id)
 
-    async def _process(self, task: TaskInput, audio: np.ndarray, timings: Timings) -> Transcript:
+    async def _process(self, task: TaskInput, audio: AudioRef, timings: Timings) -> Transcript:
         await self._checkpoint(task)
         if task.task_type is TaskType.align:
             return await self._align_given(task, audio, timings)
@@ -298,7 +300,7 @@ class TaskPipeline:
     async def _diarize_stage(
         self,
         task: TaskInput,
-        audio: np.ndarray,
+        audio: AudioRef,
         transcript: Transcript | None,
         timings: Timings,
         *,
@@ -322,9 +324,7 @@ class TaskPipeline:
         timings.diarizing = round(time.perf_counter() - t0, 3)
         return result
 
-    async def _align_given(
-        self, task: TaskInput, audio: np.ndarray, timings: Timings
-    ) -> Transcript:
+    async def _align_given(self, task: TaskInput, audio: AudioRef, timings: Timings) -> Transcript:
         """``/service/align``: wav2vec2 alignment of a client's transcript, or Whisper's own
         word timings when no aligner serves its language (the result says which)."""
         transcript = _given_transcript(task)

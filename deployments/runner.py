@@ -17,7 +17,6 @@ import os
 import socket
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from ray import serve
@@ -28,11 +27,12 @@ from common.errors import TaskInterruptedError
 from common.logs import bind, configure_service_logging
 from common.schemas import TaskError, TaskParams, TaskStatus, TaskType
 from common.settings import Settings
-from deployments.audio import decode_audio
+from deployments.audio import RayDecoder, require_shared_blob_store
 from deployments.clients import AlignClient, AsrClient, DiarizeClient, ProgressClient
 from deployments.pipeline import TaskInput, TaskOutcome, TaskPipeline
 from deployments.progress import get_or_create_tracker
 from storage import api_keys, repository
+from storage.blobs import blob_store_from
 from storage.db import Database, migrate
 
 logger = logging.getLogger(__name__)
@@ -57,8 +57,10 @@ class TaskRunner:
         settings = Settings()
         configure_service_logging(settings.log_level)
         url = settings.resolved_database_url()
-        await asyncio.to_thread(migrate, url)
         self._db = Database(url)
+        # before anything else: several nodes on a node-local store would lose uploads
+        require_shared_blob_store(blob_store_from(settings, self._db))
+        await asyncio.to_thread(migrate, url)
         self._config = config
         self._allow_networks = settings.url_fetch_allow_networks
         signing = settings.callback_signing_secret
@@ -77,7 +79,7 @@ class TaskRunner:
             align=AlignClient(alignment),
             diarize=DiarizeClient(diarization),
             progress=self._progress,
-            decode=decode_audio,
+            decode=RayDecoder(num_cpus=config.decode_num_cpus),
             default_language=default_language,
             model_languages=model_languages,
             record_duration=self._record_duration,
@@ -284,7 +286,7 @@ class TaskRunner:
             outcome = await self._pipeline.run(
                 TaskInput(
                     task_id=task_id,
-                    audio_path=Path(row.audio_path) if row.audio_path else None,
+                    audio_key=row.audio_key,
                     params=TaskParams.model_validate(row.params),
                     task_type=TaskType(row.task_type),
                     inputs=row.inputs,

@@ -15,6 +15,7 @@ from common.errors import UploadTooLargeError
 from common.logs import configure_service_logging, log_context
 from common.schemas import TaskAccepted, TaskParams, TaskPublic, TaskSnapshot, TaskType
 from common.settings import Settings
+from deployments.audio import require_shared_blob_store
 from deployments.clients import ProgressClient, RunnerClient
 from deployments.events_bus import EventsBusConfig
 from deployments.progress import get_or_create_tracker
@@ -30,8 +31,9 @@ from ingress.routes.url import router as url_router
 from ingress.services import IngressServices
 from ingress.submit import accept_task, new_task_id
 from ingress.sync import wait_for_task
-from ingress.uploads import display_name, probe_stored, storage_path
+from ingress.uploads import display_name, spool_path, store_spooled, upload_key
 from ingress.ws import router as ws_router
+from storage.blobs import blob_store_from
 from storage.db import Database, migrate
 
 logger = logging.getLogger(__name__)
@@ -110,8 +112,10 @@ class Ingress:
         settings = Settings()
         configure_service_logging(settings.log_level)
         url = settings.resolved_database_url()
+        db = Database(url)
+        blobs = blob_store_from(settings, db)
+        require_shared_blob_store(blobs)  # before anything else: several nodes, local dir
         await asyncio.to_thread(migrate, url)
-        settings.upload_dir().mkdir(parents=True, exist_ok=True)
         serve_app_name = serve.get_replica_context().app_name
 
         async def deployments_ready() -> dict[str, str]:
@@ -128,7 +132,8 @@ class Ingress:
         self._services = IngressServices(
             settings=settings,
             config=config,
-            db=Database(url),
+            db=db,
+            blobs=blobs,
             progress=ProgressClient(tracker),
             runner=RunnerClient(runner),
             deployments_ready=deployments_ready,
@@ -165,10 +170,11 @@ class Ingress:
                 f"{len(audio)} bytes > max_upload_bytes",
             )
         task_id = new_task_id()
-        path = storage_path(services.settings.upload_dir(), task_id, file_name)
-        await asyncio.to_thread(path.write_bytes, audio)
-        duration = await probe_stored(
-            path, len(audio), max_seconds=services.config.max_audio_seconds
+        key = upload_key(task_id, file_name)
+        spooled = spool_path(services.settings.spool_dir(), key)
+        await asyncio.to_thread(spooled.write_bytes, audio)
+        duration = await store_spooled(
+            services.blobs, spooled, key, len(audio), max_seconds=services.config.max_audio_seconds
         )
         return await accept_task(
             services,
@@ -176,7 +182,7 @@ class Ingress:
             task_type=TaskType.speech_to_text,
             params=params or TaskParams(),
             file_name=display_name(file_name),
-            audio_path=path,
+            audio_key=key,
             audio_duration=duration,
             caller=None,  # cluster code: no key, no limits; admin keys see these tasks
         )

@@ -1,4 +1,5 @@
-"""Serving a stored upload back with HTTP range requests (RFC 9110 §14), for the page's player.
+"""Serving a stored upload back from the blob store with HTTP range requests (RFC 9110 §14),
+for the page's player.
 
 One byte range per request: ``bytes=a-b``, ``bytes=a-`` and ``bytes=-n``. A range the file
 cannot satisfy is a 416 naming the file's size; a malformed or multi-range header, or an
@@ -8,19 +9,22 @@ allows), so a player always gets audio it can use.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import itertools
 import re
 from collections.abc import Iterator
-from email.utils import formatdate
-from pathlib import Path
+from datetime import UTC
+from email.utils import format_datetime
+from pathlib import PurePath
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.datastructures import Headers
 
 from common.errors import RangeNotSatisfiableError
 from ingress.errors import response_for
+from storage.blobs import BlobInfo, BlobStore
 
-CHUNK = 256 * 1024
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 MEDIA_TYPES = {
@@ -40,8 +44,8 @@ MEDIA_TYPES = {
 FALLBACK_TYPE = "application/octet-stream"
 
 
-def media_type(path: Path) -> str:
-    return MEDIA_TYPES.get(path.suffix.lower(), FALLBACK_TYPE)
+def media_type(key: str) -> str:
+    return MEDIA_TYPES.get(PurePath(key).suffix.lower(), FALLBACK_TYPE)
 
 
 def parse_range(header: str, size: int) -> tuple[int, int] | None:
@@ -77,25 +81,20 @@ def _unsatisfiable(header: str, size: int) -> RangeNotSatisfiableError:
     )
 
 
-def _read(path: Path, start: int, length: int) -> Iterator[bytes]:
-    with path.open("rb") as f:
-        f.seek(start)
-        while length > 0:
-            chunk = f.read(min(CHUNK, length))
-            if not chunk:
-                return
-            length -= len(chunk)
-            yield chunk
+async def ranged_blob(
+    store: BlobStore, key: str, info: BlobInfo, request_headers: Headers
+) -> Response:
+    """Blob ``key`` as a 200 (whole file) or 206 (one range) response, or a 416.
 
-
-def ranged_file(path: Path, request_headers: Headers) -> Response:
-    """``path`` as a 200 (whole file) or 206 (one range) response, or a 416."""
-    stat = path.stat()
-    size = stat.st_size
+    Raises FileNotFoundError if the blob is gone before its first byte is read."""
+    size = info.size
+    modified = info.modified
     etag = '"{}"'.format(
-        hashlib.md5(f"{stat.st_mtime_ns}-{size}".encode(), usedforsecurity=False).hexdigest()
+        hashlib.md5(
+            f"{key}-{modified.timestamp()}-{size}".encode(), usedforsecurity=False
+        ).hexdigest()
     )
-    last_modified = formatdate(stat.st_mtime, usegmt=True)
+    last_modified = format_datetime(modified.astimezone(UTC), usegmt=True)
     headers = {
         "Accept-Ranges": "bytes",
         "ETag": etag,
@@ -119,9 +118,17 @@ def ranged_file(path: Path, request_headers: Headers) -> Response:
     headers["Content-Length"] = str(length)
     if span is not None:
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    body = await _started(store.read(key, start, length)) if length else iter(())
     return StreamingResponse(
-        _read(path, start, length),
+        body,
         status_code=206 if span is not None else 200,
-        media_type=media_type(path),
+        media_type=media_type(key),
         headers=headers,
     )
+
+
+async def _started(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """``chunks`` with its first item already read (in a thread), so a missing blob is an
+    error before the response starts rather than a broken body."""
+    first = await asyncio.to_thread(next, chunks, b"")
+    return itertools.chain([first], chunks)

@@ -13,6 +13,7 @@ from common.schemas import TaskSnapshot, TaskStatus
 from common.settings import Settings
 from deployments.progress_state import Event
 from ingress.catalog import AsrCatalog
+from storage.blobs import BlobStore
 from storage.db import Database
 
 
@@ -50,6 +51,8 @@ class IngressServices:
     settings: Settings
     config: IngressConfig
     db: Database
+    blobs: BlobStore
+    """Where uploads are kept (``storage.blobs``); a task row holds its audio's key."""
     progress: ProgressReader
     runner: Notifier
     deployments_ready: ReadinessCheck

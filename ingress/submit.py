@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from pathlib import Path
 from typing import Any
 
 from fastapi import Request, UploadFile
@@ -20,7 +19,7 @@ from common.logs import current_request_id
 from common.schemas import TaskAccepted, TaskParams, TaskStatus, TaskType
 from ingress.auth import Caller, caller_of, refused
 from ingress.services import IngressServices
-from ingress.uploads import display_name, save_upload, storage_path
+from ingress.uploads import display_name, save_upload, spool_path, upload_key
 from storage import repository
 from storage.quota import QuotaExceeded
 
@@ -55,7 +54,7 @@ async def accept_task(
     task_type: TaskType,
     params: TaskParams,
     file_name: str | None,
-    audio_path: Path | None,
+    audio_key: str | None,
     audio_duration: float | None = None,
     inputs: dict[str, Any] | None = None,
     caller: Caller | None,
@@ -63,8 +62,8 @@ async def accept_task(
     """Insert the queued task, wake the runner, and describe where to follow it.
 
     The task belongs to ``caller``'s key and must fit its limits and the queue bound (429
-    or 503 otherwise, and the stored upload is removed). ``caller=None`` is the Ray-native
-    DeploymentHandle path: no owner, no limits.
+    or 503 otherwise, and the stored audio ``audio_key`` is removed). ``caller=None`` is
+    the Ray-native DeploymentHandle path: no owner, no limits.
     """
     check_params(services, params)
     if (request_id := current_request_id()) is not None:  # carried into the task's logs
@@ -77,15 +76,15 @@ async def accept_task(
             task_type=task_type,
             params=params,
             file_name=file_name,
-            audio_path=str(audio_path) if audio_path is not None else None,
+            audio_key=audio_key,
             audio_duration=audio_duration,
             inputs=inputs,
             owner_key_id=caller.key_id if caller else None,
             quota=caller.quota(services.config) if caller else None,
         )
     except QuotaExceeded as exc:
-        if audio_path is not None:
-            await asyncio.to_thread(audio_path.unlink, missing_ok=True)
+        if audio_key is not None:
+            await asyncio.to_thread(services.blobs.delete, audio_key)
         raise refused(exc.refusal) from None
     services.runner.notify()
     metrics.record_submitted(task_type.value)
@@ -108,15 +107,20 @@ async def accept_upload(
     params: TaskParams,
     inputs: dict[str, Any] | None = None,
 ) -> TaskAccepted:
-    """Store an uploaded file under the upload directory, probe it, and queue its task."""
+    """Probe an uploaded file, put it into the blob store, and queue its task."""
     check_params(services, params)
     limit = services.config.max_upload_bytes
     check_declared_size(request.headers, limit)
     caller = caller_of(request)
     task_id = new_task_id()
-    path = storage_path(services.settings.upload_dir(), task_id, file.filename)
+    key = upload_key(task_id, file.filename)
     duration = await save_upload(
-        file.file, path, limit, max_seconds=services.config.max_audio_seconds
+        services.blobs,
+        file.file,
+        spool_path(services.settings.spool_dir(), key),
+        key,
+        limit,
+        max_seconds=services.config.max_audio_seconds,
     )
     return await accept_task(
         services,
@@ -124,7 +128,7 @@ async def accept_upload(
         task_type=task_type,
         params=params,
         file_name=display_name(file.filename),
-        audio_path=path,
+        audio_key=key,
         audio_duration=duration,
         inputs=inputs,
         caller=caller,

@@ -1,12 +1,24 @@
-"""The ``tasks`` table (one row per transcription task, the durable copy of its state) and
-the ``api_keys`` table (who may call the service; tasks belong to the key that made them)."""
+"""The ``tasks`` table (one row per transcription task, the durable copy of its state), the
+``api_keys`` table (who may call the service; tasks belong to the key that made them) and
+the ``blobs``/``blob_chunks`` tables (uploaded audio when the database is the blob store)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Float, Index, Integer, String, Text, false
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from common.schemas import (
@@ -34,7 +46,8 @@ class TaskRow(Base):
     status: Mapped[str] = mapped_column(String(16), index=True)
     task_type: Mapped[str] = mapped_column(String(32), index=True)
     file_name: Mapped[str | None] = mapped_column(String(255))
-    audio_path: Mapped[str | None] = mapped_column(String(1024))
+    audio_key: Mapped[str | None] = mapped_column(String(1024))
+    """The upload's key in the blob store (``storage.blobs``); ``None``: no audio."""
     audio_duration: Mapped[float | None] = mapped_column(Float)
     params: Mapped[dict[str, Any]] = mapped_column(JsonType)
     inputs: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
@@ -124,3 +137,26 @@ class ApiKeyRow(Base):
 
     def __repr__(self) -> str:  # never the hash or the callback secret
         return f"ApiKeyRow(id={self.id!r}, name={self.name!r}, prefix={self.prefix!r})"
+
+
+class BlobRow(Base):
+    """One stored file of the database blob store; its bytes are in ``blob_chunks``."""
+
+    __tablename__ = "blobs"
+
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    """Total bytes; ``None`` while the upload is still being written."""
+    chunk_size: Mapped[int] = mapped_column(Integer)
+    """Bytes per chunk (every chunk but the last is this long)."""
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class BlobChunkRow(Base):
+    __tablename__ = "blob_chunks"
+
+    key: Mapped[str] = mapped_column(
+        String(128), ForeignKey("blobs.key", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)

@@ -35,6 +35,7 @@ from common.schemas import (
     Transcript,
     utcnow,
 )
+from storage import blobs
 from storage.coltypes import UtcDateTime
 from storage.db import Database
 from storage.models import TaskRow
@@ -67,7 +68,7 @@ def create_task(
     task_type: TaskType,
     params: TaskParams,
     file_name: str | None,
-    audio_path: str | None,
+    audio_key: str | None,
     audio_duration: float | None = None,
     inputs: dict[str, Any] | None = None,
     owner_key_id: str | None = None,
@@ -84,7 +85,7 @@ def create_task(
         status=TaskStatus.queued.value,
         task_type=task_type.value,
         file_name=file_name,
-        audio_path=audio_path,
+        audio_key=audio_key,
         audio_duration=audio_duration,
         params=params.model_dump(mode="json"),
         inputs=inputs,
@@ -178,11 +179,14 @@ def list_tasks(
 
 
 def delete_task(db: Database, *, task_id: str) -> TaskRow | None:
-    """Delete the task's row; returns what was deleted (its ``audio_path`` is the caller's)."""
+    """Delete the task's row and, in the same transaction, its audio if the database is
+    the blob store; returns what was deleted (another store's file is the caller's)."""
     with db.session() as session:
         row = session.get(TaskRow, task_id)
         if row is not None:
             session.delete(row)
+            if row.audio_key:
+                blobs.delete_rows(session, row.audio_key)
         return row
 
 

@@ -19,6 +19,7 @@ from deployments.progress_state import Event, TaskProgressState
 from ingress.services import EventStreamReader, IngressServices, ProgressReader
 from ingress.services import Notifier as RunnerLink
 from storage import repository
+from storage.blobs import blob_store_from
 from storage.db import Database, migrate
 
 
@@ -113,6 +114,7 @@ def make_ingress_services(
         settings=settings_,
         config=config or IngressConfig(),
         db=db,
+        blobs=blob_store_from(settings_, db),
         progress=progress,
         runner=runner(db, progress) if runner else Notifier(),
         deployments_ready=deployments_ready,

@@ -1,10 +1,9 @@
-"""``GET /task/{identifier}/audio``: the stored upload, with range requests, for the page's
-player (seeking asks for byte ranges)."""
+"""``GET /task/{identifier}/audio``: the stored upload, streamed from the blob store with
+range requests, for the page's player (seeking asks for byte ranges)."""
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -12,8 +11,9 @@ from fastapi.responses import Response
 from common.errors import AudioNotFoundError
 from ingress.auth import CallerDep, visible_task
 from ingress.errors import ErrorResponse, error_responses
-from ingress.media import MEDIA_TYPES, ranged_file
-from ingress.services import IngressServices, ServicesDep
+from ingress.media import MEDIA_TYPES, ranged_blob
+from ingress.services import ServicesDep
+from storage.blobs import BlobInfo, BlobStore
 
 router = APIRouter()
 
@@ -25,14 +25,14 @@ _RANGE_HEADERS = {
 }
 
 
-def stored_audio(services: IngressServices, audio_path: str | None) -> Path | None:
-    """The task's stored upload, only ever a file directly inside the upload directory."""
-    if not audio_path:
+def stored_audio(store: BlobStore, key: str | None) -> BlobInfo | None:
+    """The task's stored upload, if its key names a file the blob store holds."""
+    if not key:
         return None
-    path = Path(audio_path).resolve()
-    if path.parent != services.settings.upload_dir().resolve() or not path.is_file():
+    try:
+        return store.info(key)
+    except ValueError:  # not a key (a path from before the blob store, elsewhere)
         return None
-    return path
 
 
 @router.get(
@@ -76,13 +76,14 @@ async def get_task_audio(
     identifier: str, request: Request, services: ServicesDep, caller: CallerDep
 ) -> Response:
     row = await visible_task(services.db, caller, identifier)  # only whoever may read the task
-    path = await asyncio.to_thread(stored_audio, services, row.audio_path)
-    if path is None:
+    key = row.audio_key
+    info = await asyncio.to_thread(stored_audio, services.blobs, key)
+    if key is None or info is None:
         raise AudioNotFoundError(
             "This task has no stored audio to play.", f"task {identifier[:64]!r} has no audio file"
         )
     try:
-        return await asyncio.to_thread(ranged_file, path, request.headers)
+        return await ranged_blob(services.blobs, key, info, request.headers)
     except FileNotFoundError:  # deleted between the check and the read
         raise AudioNotFoundError(
             "This task has no stored audio to play.", f"task {identifier[:64]!r} audio is gone"

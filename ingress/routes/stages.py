@@ -237,7 +237,7 @@ async def combine(
         task_type=TaskType.combine,
         params=params,
         file_name=display_name(aligned_transcript.filename),
-        audio_path=None,
+        audio_key=None,
         inputs={
             "transcript": given.model_dump(mode="json"),
             "speaker_turns": [t.model_dump(mode="json") for t in turns],

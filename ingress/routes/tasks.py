@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
@@ -25,7 +24,7 @@ from deployments.progress_state import state_from_row
 from ingress.auth import CallerDep, task_not_found, visible_task
 from ingress.errors import error_responses
 from ingress.params import SpeechParams
-from ingress.services import IngressServices, ServicesDep
+from ingress.services import ServicesDep
 from ingress.submit import accept_upload
 from storage import repository
 
@@ -169,24 +168,14 @@ async def delete_task(identifier: str, services: ServicesDep, caller: CallerDep)
     deleted = await asyncio.to_thread(repository.delete_task, services.db, task_id=identifier)
     if deleted is None:
         raise task_not_found(identifier)
-    if deleted.audio_path:
-        await asyncio.to_thread(_remove_upload, services, Path(deleted.audio_path))
+    if deleted.audio_key:  # the database store's copy went with the row
+        await asyncio.to_thread(services.blobs.delete, deleted.audio_key)
     try:
         await services.progress.forget(identifier)
     except Exception:  # its live state is evicted later anyway
         logger.warning("tracker could not drop deleted task %s", identifier)
     logger.info("task %s deleted", identifier, extra={"task_id": identifier})
     return TaskDeleted(identifier=identifier, message="Task deleted")
-
-
-def _remove_upload(services: IngressServices, path: Path) -> None:
-    """Remove a stored upload, only ever inside the upload directory."""
-    upload_dir = services.settings.upload_dir().resolve()
-    target = path.resolve()
-    if target.parent == upload_dir:
-        target.unlink(missing_ok=True)
-    else:
-        logger.warning("not removing %s: outside the upload directory", target)
 
 
 @router.get(

@@ -1,8 +1,9 @@
 """``POST /speech-to-text-url``: download audio from a URL, then queue it like an upload.
 
 The download goes through :mod:`common.netguard` (http/https only, public addresses only
-unless allowlisted, every redirect re-checked, size and time bounded) and lands at the
-same safe path an upload would, ``<upload_dir>/<task_id><ext>``.
+unless allowlisted, every redirect re-checked, size and time bounded) into this node's
+spool directory; from there it is probed and stored like an upload, under the key
+``<task_id><ext>`` of the blob store.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from ingress.errors import error_responses
 from ingress.params import SpeechParams
 from ingress.services import ServicesDep
 from ingress.submit import accept_task, check_params, new_task_id
-from ingress.uploads import display_name, probe_stored, storage_path
+from ingress.uploads import display_name, spool_path, store_spooled, upload_key
 
 router = APIRouter()
 
@@ -75,15 +76,21 @@ async def speech_to_text_url(
     check_params(services, params)  # before the download, not after
     task_id = new_task_id()
     file_name = url_file_name(url)
-    path = storage_path(services.settings.upload_dir(), task_id, file_name)
+    key = upload_key(task_id, file_name)
+    spooled = spool_path(services.settings.spool_dir(), key)
     fetched = await fetch_to_file(
         url,
-        path,
+        spooled,
         limits=download_limits(services.config),
         allow_networks=services.settings.url_fetch_allow_networks,
     )
-    duration = await probe_stored(
-        path, fetched.size, source="downloaded", max_seconds=services.config.max_audio_seconds
+    duration = await store_spooled(
+        services.blobs,
+        spooled,
+        key,
+        fetched.size,
+        source="downloaded",
+        max_seconds=services.config.max_audio_seconds,
     )
     return await accept_task(
         services,
@@ -91,7 +98,7 @@ async def speech_to_text_url(
         task_type=TaskType.speech_to_text,
         params=params,
         file_name=file_name,
-        audio_path=path,
+        audio_key=key,
         audio_duration=duration,
         caller=caller,
     )

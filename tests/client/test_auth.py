@@ -82,7 +82,7 @@ def test_client_waits_out_a_503_for_the_queue_bound(tmp_path: Path, jfk_path: Pa
             task_type=TaskType.speech_to_text,
             params=TaskParams(),
             file_name=None,
-            audio_path=None,
+            audio_key=None,
         )
 
         def drain() -> None:

@@ -90,6 +90,10 @@ def service(
         "WHISPERX_SERVE_REDIS_TTL_SECONDS": "600",
         # URL downloads and callbacks may reach test servers on 127.0.0.1 (nothing else)
         "WHISPERX_SERVE_URL_FETCH_ALLOW_NETWORKS": "127.0.0.1/32",
+        # uploads in PostgreSQL itself (the cluster's store) or the local directory (default)
+        "WHISPERX_SERVE_BLOB_STORE": "database"
+        if database_url.startswith("postgresql")
+        else "local",
     }
     args = bundle_args(APP, models_dir, aligner=tiny_aligner)
     # loaded on its first request (tests/integration/test_multilingual.py)

@@ -151,6 +151,23 @@ async def test_cancel_running_task_stops_it_and_frees_the_model(
     assert done["timings"]["transcribing"] < 30
 
 
+def _stored_audio(service: Service, task_id: str) -> list[str]:
+    """The task's files in the blob store: the database's ``blobs`` table on PostgreSQL,
+    the upload directory on SQLite (tests/integration/conftest.py)."""
+    if service.database_url.startswith("postgresql"):
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(service.database_url)
+        with engine.connect() as conn:
+            keys = conn.execute(
+                sa.text("SELECT key FROM blobs WHERE key LIKE :k"), {"k": f"{task_id}%"}
+            ).scalars()
+            found = list(keys)
+        engine.dispose()
+        return found
+    return [p.name for p in (service.data_dir / "uploads").glob(f"{task_id}*")]
+
+
 async def test_cancel_queued_and_delete(service: Service, jfk_path: Path) -> None:
     # keep the runner busy (2 slots) so the third task stays queued
     busy = [submit(service.base_url, jfk_path) for _ in range(2)]
@@ -165,11 +182,12 @@ async def test_cancel_queued_and_delete(service: Service, jfk_path: Path) -> Non
 
     for task_id in busy:
         await collect(service.ws_url, task_id, after_seq=0)
-    stored = list((service.data_dir / "uploads").glob(f"{busy[0]}*"))
+    assert httpx.get(f"{service.base_url}/task/{busy[0]}/audio", timeout=10).status_code == 200
+    stored = _stored_audio(service, busy[0])
     assert len(stored) == 1
     r = httpx.delete(f"{service.base_url}/task/{busy[0]}/delete", timeout=10)
     assert r.status_code == 200, r.text
-    assert not stored[0].exists()
+    assert _stored_audio(service, busy[0]) == []
     assert httpx.get(f"{service.base_url}/task/{busy[0]}", timeout=10).status_code == 404
     page = httpx.get(
         f"{service.base_url}/task/all", params={"status": "cancelled"}, timeout=10

@@ -155,7 +155,7 @@ def test_ws_from_the_tracker_alone_ends_across_restarts(service: Service, tmp_pa
         task_type=TaskType.speech_to_text,
         params=TaskParams(align=False),
         file_name=None,
-        audio_path=None,
+        audio_key=None,
     )
     repository.claim_tasks(services.db, worker_id="w", limit=1, lease_seconds=600)
     diarizing = TaskProgressStage.diarizing.value

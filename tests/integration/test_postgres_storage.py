@@ -33,7 +33,7 @@ from storage.models import Base
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
-HEAD = "0004"
+HEAD = "0005"
 BASE_URL = os.environ.get(
     "WHISPERX_SERVE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
@@ -73,7 +73,7 @@ def _new(db: Database, task_id: str) -> None:
         task_type=TaskType.speech_to_text,
         params=TaskParams(diarize=False),
         file_name="a.wav",
-        audio_path=None,
+        audio_key=None,
     )
 
 

@@ -47,6 +47,7 @@ from ingress.app import create_app
 from ingress.events_reader import RedisEventReader
 from ingress.services import IngressServices
 from storage import repository
+from storage.blobs import LocalBlobStore
 from storage.db import Database, migrate
 from tests.conftest import REPO
 from tests.fakes import Notifier
@@ -288,6 +289,7 @@ async def outage_app(tmp_path: Path, own_redis: RedisServer) -> AsyncIterator[Ou
         settings=Settings(data_dir=tmp_path, database_url=db_url),
         config=IngressConfig(),
         db=Database(db_url),
+        blobs=LocalBlobStore(tmp_path / "uploads"),
         progress=tracker,
         runner=Notifier(),
         deployments_ready=deployments_ready,
@@ -323,7 +325,7 @@ async def test_redis_outage_falls_back_to_the_actor_and_recovers(
         task_type=TaskType.speech_to_text,
         params=TaskParams(),
         file_name="a.flac",
-        audio_path=None,
+        audio_key=None,
     )
     direct = redis.Redis.from_url(own_redis.url, decode_responses=True)
     key = bus.stream_key(task_id)
@@ -434,7 +436,7 @@ async def test_restarted_tracker_continues_seq_after_the_stream(
         task_type=TaskType.speech_to_text,
         params=TaskParams(),
         file_name=None,
-        audio_path=None,
+        audio_key=None,
     )
     repository.claim_tasks(db, worker_id="w", limit=1, lease_seconds=60)
     stage = TaskProgressStage.transcribing

@@ -346,7 +346,7 @@ def test_quota_is_exact_under_concurrent_submissions(services: IngressServices) 
                 task_type=TaskType.speech_to_text,
                 params=TaskParams(),
                 file_name=None,
-                audio_path=None,
+                audio_key=None,
                 owner_key_id="k1",
                 quota=quota,
             )

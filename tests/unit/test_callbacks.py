@@ -35,7 +35,7 @@ def task(tmp_path: Path) -> TaskPublic:
         task_type=TaskType.speech_to_text,
         params=TaskParams(callback_url="http://127.0.0.2/hook"),
         file_name="a.flac",
-        audio_path=None,
+        audio_key=None,
     )
     return row.to_public()
 

@@ -75,7 +75,7 @@ def _task(services: IngressServices, task_id: str, *, finished: bool) -> Countin
         task_type=TaskType.speech_to_text,
         params=TaskParams(),
         file_name=None,
-        audio_path=None,
+        audio_key=None,
     )
     tracker: CountingTracker = services.progress  # type: ignore[assignment]
     state = tracker.state(task_id)

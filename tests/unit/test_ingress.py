@@ -183,7 +183,7 @@ def test_websocket_snapshot_events_then_close(services: IngressServices) -> None
         task_type=TaskType.speech_to_text,
         params=TaskParams(),
         file_name=None,
-        audio_path=None,
+        audio_key=None,
     )
     tracker: FakeTracker = services.progress  # type: ignore[assignment]
     state = tracker.state(row.id)

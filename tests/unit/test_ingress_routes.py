@@ -196,7 +196,7 @@ async def test_service_combine_accepts_label_shaped_turns(
     r = await client.post("/service/combine", files=files)
     assert r.status_code == 200, r.text
     row = repository.get_task(services.db, task_id=r.json()["identifier"])
-    assert row is not None and row.audio_path is None and row.status == TaskStatus.queued.value
+    assert row is not None and row.audio_key is None and row.status == TaskStatus.queued.value
     assert row.inputs is not None and row.inputs["speaker_turns"][0]["speaker"] == "SPEAKER_00"
 
 

@@ -40,7 +40,7 @@ def _tables(path: Path) -> set[str]:
         return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
 
 
-HEAD = "0004"
+HEAD = "0005"
 
 
 def _version(path: Path) -> list[str]:
@@ -52,7 +52,8 @@ def test_migrate_twice_is_a_noop(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "dir" / "db.sqlite"
     url = f"sqlite:///{path}"
     migrate(url)
-    assert _tables(path) == {"tasks", "api_keys", "alembic_version"} and _version(path) == [HEAD]
+    tables = {"tasks", "api_keys", "blobs", "blob_chunks", "alembic_version"}
+    assert _tables(path) == tables and _version(path) == [HEAD]
     db = Database(url)
     repo.create_task(
         db,
@@ -60,7 +61,7 @@ def test_migrate_twice_is_a_noop(tmp_path: Path) -> None:
         task_type=TaskType.speech_to_text,
         params=TaskParams(),
         file_name=None,
-        audio_path=None,
+        audio_key=None,
     )
     migrate(url)
     assert _version(path) == [HEAD]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,9 +25,15 @@ from common.schemas import (
     Transcript,
     Word,
 )
+from deployments.audio import DecodedAudio
 from deployments.pipeline import TaskInput, TaskPipeline
 
 AUDIO = np.zeros(16_000 * 2, dtype=np.float32)
+
+
+async def fixed_decode(key: str) -> DecodedAudio:
+    """The fakes get a plain ndarray where production passes an ObjectRef."""
+    return DecodedAudio(audio=AUDIO, duration_s=AUDIO.size / 16_000)
 
 
 class FakeAsr:
@@ -138,10 +143,10 @@ def make(
         FakeProgress(),
     )
 
-    def decode(path: Path) -> np.ndarray:
+    async def decode(key: str) -> DecodedAudio:
         if decode_error:
             raise InvalidAudioError("The file could not be decoded as audio.", "av: invalid data")
-        return AUDIO
+        return await fixed_decode(key)
 
     pipeline = TaskPipeline(
         asr=asr,
@@ -163,7 +168,7 @@ def _cancel_check(cancelled: set[str]) -> Any:
 
 
 def task(**params: Any) -> TaskInput:
-    return TaskInput(task_id="t1", audio_path=Path("/nonexistent"), params=TaskParams(**params))
+    return TaskInput(task_id="t1", audio_key="t1.wav", params=TaskParams(**params))
 
 
 async def test_full_pipeline_with_wav2vec2() -> None:
@@ -228,7 +233,7 @@ async def test_transcribe_only_task() -> None:
     pipeline, asr, align, diar, progress = make({"en"})
     kind = TaskType.transcribe
     outcome = await pipeline.run(
-        TaskInput("t1", Path("/x"), TaskParams(align=False, diarize=False), task_type=kind)
+        TaskInput("t1", "t1.wav", TaskParams(align=False, diarize=False), task_type=kind)
     )
     assert outcome.status is TaskStatus.completed
     assert progress.calls[0] == ("start", (TaskProgressStage.transcribing,))
@@ -241,7 +246,7 @@ async def test_align_task_aligns_the_given_transcript(supported: set[str], metho
     inputs = {"transcript": GIVEN.model_dump(mode="json")}
     await pipeline.run(
         TaskInput(
-            "t1", Path("/x"), TaskParams(diarize=False), task_type=TaskType.align, inputs=inputs
+            "t1", "t1.wav", TaskParams(diarize=False), task_type=TaskType.align, inputs=inputs
         )
     )
     assert progress.calls[0] == ("start", (TaskProgressStage.aligning,))
@@ -253,7 +258,7 @@ async def test_diarize_task_gives_turns_only() -> None:
     pipeline, asr, _, diar, progress = make({"en"})
     await pipeline.run(
         TaskInput(
-            "t1", Path("/x"), TaskParams(align=False, max_speakers=3), task_type=TaskType.diarize
+            "t1", "t1.wav", TaskParams(align=False, max_speakers=3), task_type=TaskType.diarize
         )
     )
     assert progress.calls[0] == ("start", (TaskProgressStage.diarizing,))
@@ -360,7 +365,7 @@ def _with_asr(asr: FakeAsr, retries: int = 2) -> tuple[TaskPipeline, FakeProgres
         align=align,
         diarize=diar,
         progress=progress,
-        decode=lambda path: AUDIO,
+        decode=fixed_decode,
         default_language="en",
         stage_retries=retries,
         stage_retry_backoff_s=0.0,
@@ -417,7 +422,7 @@ def _with_progress(progress: FakeProgress, **kw: Any) -> TaskPipeline:
         align=FakeAlign({"en"}),
         diarize=FakeDiarize(),
         progress=progress,
-        decode=lambda path: AUDIO,
+        decode=fixed_decode,
         default_language="en",
         record_backoff_s=0.0,
         **kw,
@@ -455,7 +460,7 @@ async def test_a_user_cancel_is_recorded_even_if_the_database_check_fails() -> N
         align=FakeAlign({"en"}),
         diarize=diar,
         progress=progress,
-        decode=lambda path: AUDIO,
+        decode=fixed_decode,
         default_language="en",
         cancel_requested=check,
         cancelled_by_user=stopping.__contains__,
@@ -487,7 +492,7 @@ async def test_diarization_whose_replica_died_is_retried_too() -> None:
         align=FakeAlign({"en"}),
         diarize=diar,
         progress=progress,
-        decode=lambda path: AUDIO,
+        decode=fixed_decode,
         default_language="en",
         stage_retry_backoff_s=0.0,
     )

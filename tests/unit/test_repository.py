@@ -58,7 +58,7 @@ def _new(db: Database, task_id: str, **kw: object) -> None:
         task_type=TaskType.speech_to_text,
         params=PARAMS,
         file_name=f"{task_id}.wav",
-        audio_path=f"/data/uploads/{task_id}.wav",
+        audio_key=f"{task_id}.wav",
         **kw,  # type: ignore[arg-type]
     )
 
@@ -70,7 +70,7 @@ def test_create_get_and_to_public_round_trip(db: Database) -> None:
         task_type=TaskType.speech_to_text,
         params=PARAMS,
         file_name="talk.mp3",
-        audio_path="/x/talk.mp3",
+        audio_key="talk.mp3",
         audio_duration=12.5,
     )
     assert row.status == "queued" and row.progress_stage == "queued" and row.attempts == 0
@@ -136,7 +136,7 @@ def test_list_filters_by_type_and_creation_time(db: Database) -> None:
             task_type=kind,
             params=TaskParams(),
             file_name=None,
-            audio_path=None,
+            audio_key=None,
         )
         repo._update(db, f"k{i}", true(), created_at=base + timedelta(hours=i))
     diarize = repo.TaskFilter(task_type=TaskType.diarize)

@@ -70,7 +70,7 @@ def add_task(
         task_type=TaskType.speech_to_text,
         params=TaskParams(),
         file_name=file_name,
-        audio_path=None,
+        audio_key=None,
     )
     if result is not None:
         assert repository.complete_task(

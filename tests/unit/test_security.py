@@ -142,7 +142,7 @@ async def test_task_routes_never_show_a_callback_token(
         task_type=TaskType.speech_to_text,
         params=TaskParams(callback_url=url),
         file_name=None,
-        audio_path=None,
+        audio_key=None,
     )
     for path in ("/task/cb1", "/task/all"):
         r = await client.get(path)

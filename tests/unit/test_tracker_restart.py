@@ -39,7 +39,7 @@ async def test_restart_continues_after_the_watchers_cursor(tmp_path: Path) -> No
         task_type=TaskType.speech_to_text,
         params=TaskParams(),
         file_name=None,
-        audio_path=None,
+        audio_key=None,
     )
     repository.claim_tasks(db, worker_id="w", limit=1, lease_seconds=60)
     old = ProgressTracker(url, mirror_interval_s=3600)  # in-stage progress never mirrored
@@ -98,7 +98,7 @@ def test_a_websocket_waits_out_a_dead_tracker_and_ends_with_the_terminal_event(
         task_type=TaskType.speech_to_text,
         params=TaskParams(),
         file_name=None,
-        audio_path=None,
+        audio_key=None,
     )
     tracker: DyingTracker = services.progress  # type: ignore[assignment]
     state = tracker.state("t")

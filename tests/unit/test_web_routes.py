@@ -152,19 +152,19 @@ async def test_audio_404s(
         task_type=TaskType.combine,
         params=TaskParams(),
         file_name=None,
-        audio_path=None,
+        audio_key=None,
     )
     none = await client.get("/task/no-audio/audio")
     assert none.status_code == 404 and none.json()["error_code"] == "audio_not_found"
 
-    # a stored path outside the upload directory is never served
+    # a key that is a path (not a file name in the store) is never served
     repository.create_task(
         services.db,
         task_id="outside",
         task_type=TaskType.speech_to_text,
         params=TaskParams(),
         file_name="x.flac",
-        audio_path=str(jfk_path),
+        audio_key=str(jfk_path),
     )
     outside = await client.get("/task/outside/audio")
     assert outside.status_code == 404 and outside.json()["error_code"] == "audio_not_found"
@@ -216,7 +216,7 @@ def _completed(services: IngressServices, task_id: str = "done") -> str:
         task_type=TaskType.speech_to_text,
         params=TaskParams(),
         file_name="talk.wav",
-        audio_path=None,
+        audio_key=None,
     )
     assert repository.complete_task(
         services.db, task_id=task_id, result=_two_speakers(), timings=Timings(), seq=5
