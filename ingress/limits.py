@@ -21,7 +21,6 @@ environment Serve starts in, with ``WHISPERX_SERVE_PROXY_MAX_UPLOAD_BYTES`` (def
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
@@ -30,6 +29,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.config import IngressConfig
+from common.schemas import TaskError
 
 logger = logging.getLogger(__name__)
 
@@ -184,13 +184,13 @@ def _content_length(scope: Scope) -> int | None:
 
 
 async def _send_error(send: Send, refused: _Refused) -> None:
-    body = json.dumps(
-        {
-            "error_code": refused.code,
-            "user_message": refused.message,
-            "technical_detail": refused.detail,
-        }
-    ).encode()
+    body = (
+        TaskError(
+            error_code=refused.code, user_message=refused.message, technical_detail=refused.detail
+        )
+        .model_dump_json()
+        .encode()
+    )
     headers: list[tuple[bytes, bytes]] = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

@@ -200,7 +200,7 @@ def test_websocket_snapshot_events_then_close(services: IngressServices) -> None
         assert [e["seq"] for e in replay] == [1, 2]
         state.finish(
             TaskStatus.failed,
-            TaskError(code="invalid_audio", user_message="Bad.", technical_detail="x"),
+            TaskError(error_code="invalid_audio", user_message="Bad.", technical_detail="x"),
         )
         tracker.changed.set()
         final = ws.receive_json()

@@ -209,14 +209,14 @@ async def test_bad_audio_fails_task_with_its_code() -> None:
     pipeline, *_, progress = make({"en"}, decode_error=True)
     outcome = await pipeline.run(task())
     assert outcome.status is TaskStatus.failed
-    assert progress.error is not None and progress.error.code == InvalidAudioError.code
+    assert progress.error is not None and progress.error.error_code == InvalidAudioError.code
 
 
 async def test_unknown_failure_becomes_processing_error_without_traceback() -> None:
     pipeline, *_, progress = make({"en"}, diarize_fail=True)
     await pipeline.run(task())
     assert progress.error is not None
-    assert progress.error.code == ProcessingError.code
+    assert progress.error.error_code == ProcessingError.code
     assert "RuntimeError: boom" in progress.error.technical_detail
     assert "\n" not in progress.error.technical_detail
 
@@ -382,7 +382,7 @@ async def test_replica_deaths_past_the_retries_fail_as_processing_failed() -> No
     pipeline, _ = _with_asr(asr)
     outcome = await pipeline.run(task())
     assert outcome.status is TaskStatus.failed and len(asr.requests) == 3
-    assert outcome.error is not None and outcome.error.code == "processing_failed"
+    assert outcome.error is not None and outcome.error.error_code == "processing_failed"
     assert "pid" not in outcome.error.technical_detail.replace("pid=***", "")
 
 
@@ -391,7 +391,7 @@ async def test_input_errors_are_never_retried() -> None:
     pipeline, progress = _with_asr(asr)
     outcome = await pipeline.run(task())
     assert outcome.status is TaskStatus.failed and len(asr.requests) == 1
-    assert outcome.error is not None and outcome.error.code == "invalid_audio"
+    assert outcome.error is not None and outcome.error.error_code == "invalid_audio"
     assert not [c for c in progress.calls if c[0] == "note"]
 
 
@@ -437,7 +437,7 @@ async def test_an_outcome_that_cannot_be_written_fails_with_its_own_code() -> No
     progress = FlakyProgress({TaskStatus.completed})
     outcome = await _with_progress(progress, record_attempts=3).run(task())
     assert outcome.status is TaskStatus.failed and outcome.error is not None
-    assert outcome.error.code == "outcome_not_recorded"
+    assert outcome.error.error_code == "outcome_not_recorded"
     assert "database is locked" in outcome.error.technical_detail
     assert progress.calls[-1] == ("finish", TaskStatus.failed)
 
