@@ -315,10 +315,6 @@ class ErrorEvent(TaskError):
     def of(cls, error: TaskError, *, task_id: str, seq: int) -> ErrorEvent:
         return cls(task_id=task_id, seq=seq, **error.model_dump())
 
-    @property
-    def error(self) -> TaskError:
-        return TaskError.model_validate(self.model_dump(include=set(TaskError.model_fields)))
-
 
 TaskEvent = Annotated[ProgressEvent | ErrorEvent, Field(discriminator="type")]
 
