@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from common.errors import ServiceError
 
@@ -265,14 +265,28 @@ class DiarizeRequest(BaseModel):
 
 
 class TaskError(BaseModel):
-    code: str
+    """Why a task failed or a request was refused: the one error shape of the service.
+
+    The same fields wherever an error appears: HTTP error bodies, the WebSocket (and Redis)
+    ``error`` event (``ErrorEvent`` is a ``TaskError`` plus the event's envelope), a task's
+    ``error`` (``TaskPublic``, ``TaskSnapshot``), and the task row's ``error`` JSON column.
+    """
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    error_code: str
+    """Stable and machine-readable (``invalid_audio``, ``processing_failed``, …)."""
     user_message: str
+    """Fit to show an end user."""
     technical_detail: str = ""
+    """One line for operators: no traceback, no secrets."""
 
     @classmethod
     def from_exception(cls, exc: ServiceError) -> TaskError:
         return cls(
-            code=exc.code, user_message=exc.user_message, technical_detail=exc.technical_detail
+            error_code=exc.code,
+            user_message=exc.user_message,
+            technical_detail=exc.technical_detail,
         )
 
 
@@ -288,15 +302,18 @@ class ProgressEvent(BaseModel):
     timestamp: datetime = Field(default_factory=utcnow)
 
 
-class ErrorEvent(BaseModel):
+class ErrorEvent(TaskError):
+    """The terminal event of a failed task: its ``TaskError`` fields, flat, in an event."""
+
     type: Literal["error"] = "error"
     task_id: str
     seq: int
     status: TaskStatus = TaskStatus.failed
-    error_code: str
-    user_message: str
-    technical_detail: str = ""
     timestamp: datetime = Field(default_factory=utcnow)
+
+    @classmethod
+    def of(cls, error: TaskError, *, task_id: str, seq: int) -> ErrorEvent:
+        return cls(task_id=task_id, seq=seq, **error.model_dump())
 
 
 TaskEvent = Annotated[ProgressEvent | ErrorEvent, Field(discriminator="type")]
@@ -322,19 +339,41 @@ class TaskSnapshot(BaseModel):
 
 
 class TaskProgress(BaseModel):
-    """Polling fallback, ``GET /tasks/{identifier}/progress``."""
+    """Polling fallback, ``GET /tasks/{identifier}/progress``: a projection of the snapshot
+    (``from_snapshot``), with the error's fields flat as in the ``error`` event."""
 
     identifier: str
     status: TaskStatus
     progress_percentage: float
     progress_stage: TaskProgressStage
     error: str | None = None
+    """The error's ``user_message`` (the task failed)."""
     error_code: str | None = None
+    technical_detail: str | None = None
     seq: int = 0
     queue_position: int | None = None
     """While queued: 1 when the task is next to start."""
     message: str = ""
     eta_seconds: float | None = None
+
+    @classmethod
+    def from_snapshot(
+        cls, snap: TaskSnapshot, *, queue_position: int | None = None
+    ) -> TaskProgress:
+        err = snap.error
+        return cls(
+            identifier=snap.task_id,
+            status=snap.status,
+            progress_percentage=snap.percentage,
+            progress_stage=snap.stage,
+            error=err.user_message if err else None,
+            error_code=err.error_code if err else None,
+            technical_detail=err.technical_detail if err else None,
+            seq=snap.seq,
+            queue_position=queue_position,
+            message=snap.message,
+            eta_seconds=snap.eta_seconds,
+        )
 
 
 # ---------------------------------------------------------------- task records over HTTP
@@ -375,6 +414,9 @@ class TaskPage(BaseModel):
 
 
 class TaskPublic(BaseModel):
+    """A task as the API shows it; validated straight from its row
+    (``TaskPublic.model_validate(row, from_attributes=True)``, see ``TaskRow.to_public``)."""
+
     identifier: str
     status: TaskStatus
     task_type: TaskType
@@ -392,6 +434,12 @@ class TaskPublic(BaseModel):
     started_at: datetime | None
     completed_at: datetime | None
     timings: Timings
+
+    @field_validator("speaker_names", "timings", mode="before")
+    @classmethod
+    def _unset_is_empty(cls, value: object) -> object:
+        """Nullable JSON columns: a row that has none holds ``None``."""
+        return {} if value is None else value
 
     def redacted(self) -> TaskPublic:
         """This task as shown to readers: no credentials in its ``callback_url``."""

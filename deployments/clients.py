@@ -68,6 +68,34 @@ class DiarizeClient:
         return result
 
 
+# ---------------------------------------------------------------- what the pipeline needs
+# One Protocol per boundary of ``TaskPipeline``: the clients above (and ``ProgressClient``)
+# satisfy them in production, in-process fakes in the unit tests.
+
+
+class Transcriber(Protocol):
+    """The ASR deployment, as the pipeline calls it; ``AsrClient`` or a test fake."""
+
+    async def transcribe(self, audio: np.ndarray, req: AsrRequest) -> Transcript: ...
+    async def add_word_timestamps(
+        self, audio: np.ndarray, transcript: Transcript, options: AsrOptions | None = None
+    ) -> Transcript: ...
+
+
+class Aligner(Protocol):
+    """The alignment deployment; ``AlignClient`` or a test fake."""
+
+    async def supports(self, language: str) -> bool: ...
+    async def align(self, audio: np.ndarray, req: AlignRequest) -> Transcript: ...
+
+
+class Diarizer(Protocol):
+    """The diarization deployment; ``DiarizeClient`` or a test fake."""
+
+    async def diarize(self, audio: np.ndarray, req: DiarizeRequest) -> Transcript: ...
+    async def assign(self, transcript: Transcript, turns: list[SpeakerTurn]) -> Transcript: ...
+
+
 class ProgressSink(Protocol):
     """What the pipeline needs from the tracker; ``ProgressClient`` or a test fake."""
 

@@ -34,7 +34,7 @@ from common.schemas import (
     WarningCode,
 )
 from deployments.audio import AudioRef, DecodedAudio
-from deployments.clients import AlignClient, AsrClient, DiarizeClient, ProgressSink
+from deployments.clients import Aligner, Diarizer, ProgressSink, Transcriber
 
 logger = logging.getLogger(__name__)
 
@@ -78,9 +78,9 @@ class TaskPipeline:
     def __init__(
         self,
         *,
-        asr: AsrClient,
-        align: AlignClient,
-        diarize: DiarizeClient,
+        asr: Transcriber,
+        align: Aligner,
+        diarize: Diarizer,
         progress: ProgressSink,
         decode: Decoder,
         default_language: str | None = None,

@@ -125,7 +125,7 @@ class ProgressTracker:
                 repository.cancel_task, self._db, task_id=task_id, timings=timings, seq=seq
             )
         else:
-            err = error or TaskError(code="internal", user_message="The task failed.")
+            err = error or TaskError(error_code="internal", user_message="The task failed.")
             written = await asyncio.to_thread(
                 repository.fail_task, self._db, task_id=task_id, error=err, timings=timings, seq=seq
             )

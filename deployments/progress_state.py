@@ -139,10 +139,8 @@ class TaskProgressState:
             return None
         lo, hi = stage_ranges(self.stages, self.weights)[stage]
         local = max(0.0, min(100.0, local_percentage))
-        overall = round(lo + (hi - lo) * local / 100.0, 1)
-        if overall < self.percentage + MIN_STEP:
+        if not self._advance(round(lo + (hi - lo) * local / 100.0, 1), MIN_STEP):
             return None
-        self.percentage = overall
         self._update_eta()
         return self._emit_progress(message or self.message)
 
@@ -159,23 +157,14 @@ class TaskProgressState:
         self.finished_at = self.clock()
         self.eta_seconds = None
         if status is TaskStatus.completed:
-            self.stage, self.percentage, self.message = (
-                TaskProgressStage.complete,
-                100.0,
-                "Completed",
-            )
-            return self._emit_progress(self.message)
+            self.stage = TaskProgressStage.complete
+            self._advance(100.0)
+            return self._emit_progress("Completed")
         if status is TaskStatus.failed:
-            self.error = error or TaskError(code="internal", user_message="The task failed.")
+            self.error = error or TaskError(error_code="internal", user_message="The task failed.")
             self.message = self.error.user_message
             self.seq += 1
-            event = ErrorEvent(
-                task_id=self.task_id,
-                seq=self.seq,
-                error_code=self.error.code,
-                user_message=self.error.user_message,
-                technical_detail=self.error.technical_detail,
-            )
+            event = ErrorEvent.of(self.error, task_id=self.task_id, seq=self.seq)
             self.events.append(event)
             return event
         self.message = "Cancelled"
@@ -213,12 +202,25 @@ class TaskProgressState:
     def _stage_index(self) -> int:
         return self.stages.index(self.stage) if self.stage in self.stages else -1
 
+    def _advance(self, percentage: float, min_step: float = 0.0) -> bool:
+        """The progress rule, in one place: the overall percentage never goes backwards
+        (also across a re-run after an interruption, or a state rebuilt from its row).
+
+        Moves to ``percentage`` when that is at least ``min_step`` ahead; True if it moved.
+        The database mirror keeps the same order under concurrent writers with its own
+        guard in SQL (``repository.update_progress``); the API and clients only read.
+        """
+        if percentage < self.percentage + min_step:
+            return False
+        self.percentage = percentage
+        return True
+
     def _enter(self, stage: TaskProgressStage, message: str) -> Event:
         self.stage = stage
         self.entered_at[stage] = self.clock()
         if stage in self.stages:
             lo, _ = stage_ranges(self.stages, self.weights)[stage]
-            self.percentage = max(self.percentage, round(lo, 1))
+            self._advance(round(lo, 1))
         self._update_eta()
         return self._emit_progress(message or stage.value.capitalize())
 
@@ -262,13 +264,7 @@ def state_from_row(row: Any, weights: Weights | None = None) -> TaskProgressStat
 
     A running task gets its stage plan back from its parameters, so the in-stage reports of
     the run that goes on keep moving the bar (from where the row has it, never back)."""
-    error = None
-    if row.error_code:
-        error = TaskError(
-            code=row.error_code,
-            user_message=row.error_message or "",
-            technical_detail=row.error_detail or "",
-        )
+    error = TaskError.model_validate(row.error) if row.error else None
     state = TaskProgressState(
         task_id=row.id,
         status=TaskStatus(row.status),

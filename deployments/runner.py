@@ -355,7 +355,7 @@ def _record_outcome(task_type: str, outcome: TaskOutcome) -> None:
     metrics.record_finished(
         task_type,
         outcome.status.value,
-        error_code=outcome.error.code if outcome.error else None,
+        error_code=outcome.error.error_code if outcome.error else None,
         audio_seconds=outcome.duration_s,
         stage_seconds=stages,
     )

@@ -429,7 +429,7 @@ def document_auth(app: FastAPI) -> None:
         for path, operations in spec.get("paths", {}).items():
             if path in OPEN_PATHS:
                 continue
-            shape = "OpenAIError" if path.startswith("/v1/") else "ErrorResponse"
+            shape = "OpenAIError" if path.startswith("/v1/") else "TaskError"
             ref = {"$ref": f"#/components/schemas/{shape}"}
             for operation in operations.values():
                 operation["security"] = [{"bearer": []}, {}]  # {}: auth may be off

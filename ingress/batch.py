@@ -71,7 +71,7 @@ async def transcribe_files_async(
                 result.task = task
                 if task is None:
                     result.error = TaskError(
-                        code="timeout", user_message=f"Still running after {timeout_s} s."
+                        error_code="timeout", user_message=f"Still running after {timeout_s} s."
                     )
                 elif task.error is not None:
                     result.error = task.error

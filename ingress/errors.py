@@ -1,4 +1,5 @@
-"""One mapping from errors to HTTP responses, keyed on ServiceError.status_code."""
+"""One mapping from errors to HTTP responses, keyed on ServiceError.status_code; every
+body is a ``TaskError`` (``/v1`` answers in OpenAI's shape, see routes/openai_compat.py)."""
 
 from __future__ import annotations
 
@@ -8,25 +9,17 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.errors import RetryLaterError, ServiceError, as_service_error, validation_error_from
+from common.schemas import TaskError
 
 logger = logging.getLogger(__name__)
 
 
-class ErrorResponse(BaseModel):
-    """Body of every error response."""
-
-    error_code: str
-    user_message: str
-    technical_detail: str = ""
-
-
 def error_responses(*codes: int) -> dict[int | str, dict[str, object]]:
-    """OpenAPI ``responses=`` entry documenting the error body for ``codes``."""
-    return {code: {"model": ErrorResponse} for code in codes}
+    """OpenAPI ``responses=`` entry documenting the error body (a ``TaskError``) for ``codes``."""
+    return {code: {"model": TaskError} for code in codes}
 
 
 def response_for(exc: BaseException) -> JSONResponse:
@@ -36,9 +29,7 @@ def response_for(exc: BaseException) -> JSONResponse:
         logger.error("request failed: %s", err, exc_info=exc)
     else:
         logger.warning("request rejected: %s", err)
-    body = ErrorResponse(
-        error_code=err.code, user_message=err.user_message, technical_detail=err.technical_detail
-    )
+    body = TaskError.from_exception(err)
     return JSONResponse(
         status_code=err.status_code,
         content=body.model_dump(),
@@ -71,7 +62,7 @@ def document_error_shape(app: FastAPI) -> None:
     """Make the OpenAPI document say what the handlers above actually send.
 
     FastAPI documents request-validation failures as its own ``HTTPValidationError``; here
-    they are answered with ``ErrorResponse`` like every other error, so the document
+    they are answered with ``TaskError`` like every other error, so the document
     points every 422 at that model. Operations with a body document the 400 a malformed
     body gets, and every operation the 500 an unexpected failure gets.
     """
@@ -81,10 +72,10 @@ def document_error_shape(app: FastAPI) -> None:
         if app.openapi_schema is not None:
             return app.openapi_schema
         spec = build()
-        ref = {"$ref": "#/components/schemas/ErrorResponse"}
+        ref = {"$ref": "#/components/schemas/TaskError"}
         body = {"application/json": {"schema": ref}}
         schemas = spec.setdefault("components", {}).setdefault("schemas", {})
-        schemas.setdefault("ErrorResponse", ErrorResponse.model_json_schema())
+        schemas.setdefault("TaskError", TaskError.model_json_schema())
         for operations in spec.get("paths", {}).values():
             for operation in operations.values():
                 responses = operation.setdefault("responses", {})

@@ -21,7 +21,6 @@ environment Serve starts in, with ``WHISPERX_SERVE_PROXY_MAX_UPLOAD_BYTES`` (def
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
@@ -30,6 +29,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.config import IngressConfig
+from common.schemas import TaskError
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,8 @@ def body_limit(path: str, config: IngressConfig) -> int:
 class _Refused(Exception):
     def __init__(self, status: int, code: str, message: str, detail: str) -> None:
         super().__init__(detail)
-        self.status, self.code, self.message, self.detail = status, code, message, detail
+        self.status = status
+        self.error = TaskError(error_code=code, user_message=message, technical_detail=detail)
 
 
 class RequestLimitsMiddleware:
@@ -89,9 +90,11 @@ class RequestLimitsMiddleware:
 
     async def _refuse_early(self, scope: Scope, send: Send, refused: _Refused) -> None:
         if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1008, "reason": refused.code})
+            await send(
+                {"type": "websocket.close", "code": 1008, "reason": refused.error.error_code}
+            )
             return
-        logger.warning("request refused: %s", refused.detail)
+        logger.warning("request refused: %s", refused.error.technical_detail)
         await _send_error(send, refused)
 
 
@@ -158,7 +161,7 @@ class _LimitedRequest:
 
     async def _refuse(self, refused: _Refused) -> Message:
         self.refused = True
-        logger.warning("request refused while reading its body: %s", refused.detail)
+        logger.warning("request refused while reading its body: %s", refused.error.technical_detail)
         if not self.response_started:
             await _send_error(self._send, refused)
         return {"type": "http.disconnect"}
@@ -184,13 +187,7 @@ def _content_length(scope: Scope) -> int | None:
 
 
 async def _send_error(send: Send, refused: _Refused) -> None:
-    body = json.dumps(
-        {
-            "error_code": refused.code,
-            "user_message": refused.message,
-            "technical_detail": refused.detail,
-        }
-    ).encode()
+    body = refused.error.model_dump_json().encode()
     headers: list[tuple[bytes, bytes]] = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

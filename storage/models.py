@@ -19,19 +19,9 @@ from sqlalchemy import (
     Text,
     false,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, synonym
 
-from common.schemas import (
-    TaskError,
-    TaskParams,
-    TaskProgressStage,
-    TaskPublic,
-    TaskStatus,
-    TaskType,
-    Timings,
-    Transcript,
-    utcnow,
-)
+from common.schemas import TaskProgressStage, TaskPublic, utcnow
 from storage.coltypes import JsonType, UtcDateTime
 
 
@@ -43,6 +33,8 @@ class TaskRow(Base):
     __tablename__ = "tasks"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    identifier: Mapped[str] = synonym("id")
+    """The name the API gives ``id`` (so the row validates into ``TaskPublic`` as is)."""
     status: Mapped[str] = mapped_column(String(16), index=True)
     task_type: Mapped[str] = mapped_column(String(32), index=True)
     file_name: Mapped[str | None] = mapped_column(String(255))
@@ -55,9 +47,9 @@ class TaskRow(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
     speaker_names: Mapped[dict[str, str] | None] = mapped_column(JsonType)
     """Display names for diarized labels (``SPEAKER_00`` → ``Alice``); the result keeps labels."""
-    error_code: Mapped[str | None] = mapped_column(String(64))
-    error_message: Mapped[str | None] = mapped_column(Text)
-    error_detail: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    """Why the task failed: a ``TaskError`` as JSON (``error_code``, ``user_message``,
+    ``technical_detail``); ``None`` unless failed."""
     progress_percentage: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     progress_stage: Mapped[str] = mapped_column(
         String(16), default=TaskProgressStage.queued.value, server_default="queued"
@@ -86,30 +78,7 @@ class TaskRow(Base):
         return f"TaskRow(id={self.id!r}, status={self.status!r}, attempts={self.attempts})"
 
     def to_public(self) -> TaskPublic:
-        error = None
-        if self.error_code is not None:
-            error = TaskError(
-                code=self.error_code,
-                user_message=self.error_message or "",
-                technical_detail=self.error_detail or "",
-            )
-        return TaskPublic(
-            identifier=self.id,
-            status=TaskStatus(self.status),
-            task_type=TaskType(self.task_type),
-            file_name=self.file_name,
-            audio_duration=self.audio_duration,
-            params=TaskParams.model_validate(self.params),
-            result=Transcript.model_validate(self.result) if self.result is not None else None,
-            speaker_names=dict(self.speaker_names or {}),
-            error=error,
-            progress_percentage=self.progress_percentage,
-            progress_stage=TaskProgressStage(self.progress_stage),
-            created_at=self.created_at,
-            started_at=self.started_at,
-            completed_at=self.completed_at,
-            timings=Timings.model_validate(self.timings or {}),
-        )
+        return TaskPublic.model_validate(self, from_attributes=True)
 
 
 class ApiKeyRow(Base):

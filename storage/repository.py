@@ -475,9 +475,7 @@ def fail_task(
         TaskStatus.failed,
         timings,
         seq,
-        error_code=error.code,
-        error_message=error.user_message,
-        error_detail=error.technical_detail,
+        error=error.model_dump(mode="json"),
     )
 
 

@@ -157,13 +157,14 @@ async def poll(
 
 
 def event_from_progress(progress: TaskProgress) -> TaskEvent:
-    """The event a polled state stands for (polling carries no technical detail)."""
+    """The event a polled state stands for."""
     if progress.status is TaskStatus.failed:
         return ErrorEvent(
             task_id=progress.identifier,
             seq=progress.seq,
             error_code=progress.error_code or "failed",
             user_message=progress.error or "The task failed.",
+            technical_detail=progress.technical_detail or "",
         )
     return ProgressEvent(
         task_id=progress.identifier,

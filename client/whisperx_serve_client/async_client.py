@@ -95,7 +95,7 @@ class AsyncTaskHandle:
                     self.id,
                     err.user_message if err else "The task failed.",
                     err.technical_detail if err else "",
-                    error_code=err.code if err else None,
+                    error_code=err.error_code if err else None,
                 )
             if task.status is TaskStatus.cancelled:
                 raise TaskCancelled(self.id, "The task was cancelled.")

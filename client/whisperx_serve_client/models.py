@@ -14,7 +14,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -240,11 +240,19 @@ def _pandas() -> Any:
 
 
 class ErrorInfo(_Model):
-    """Why a task failed (``TaskPublic.error``)."""
+    """Why a task failed: the server's one error shape (``TaskPublic.error``, the snapshot's
+    ``error``, the fields of an ``error`` event and of HTTP error bodies)."""
 
-    code: str
+    error_code: str = Field(validation_alias=AliasChoices("error_code", "code"))
+    """Stable and machine-readable. (Older servers spelled it ``code`` in
+    ``TaskPublic.error`` and the snapshot; that is read too.)"""
     user_message: str
     technical_detail: str = ""
+
+    @property
+    def code(self) -> str:
+        """The former name of ``error_code``."""
+        return self.error_code
 
 
 class Timings(_Model):
@@ -274,7 +282,9 @@ class TaskProgress(_Model):
     progress_percentage: float = 0.0
     progress_stage: str = "queued"
     error: str | None = None
+    """The error's ``user_message`` (the task failed)."""
     error_code: str | None = None
+    technical_detail: str | None = None
     seq: int = 0
     queue_position: int | None = None
     """While queued: 1 when the task is next to start."""
@@ -292,6 +302,8 @@ class TaskPublic(_Model):
     audio_duration: float | None = None
     params: dict[str, Any] = {}
     result: Transcript | None = None
+    speaker_names: dict[str, str] = {}
+    """Names given to diarized speakers; ``result`` keeps the labels."""
     error: ErrorInfo | None = None
     progress_percentage: float = 0.0
     progress_stage: str = "queued"
@@ -323,12 +335,11 @@ class ProgressEvent(_Event):
     eta_seconds: float | None = None
 
 
-class ErrorEvent(_Event):
+class ErrorEvent(_Event, ErrorInfo):
+    """The event that ended a failed task: its ``ErrorInfo`` fields, flat."""
+
     type: Literal["error"] = "error"
     status: TaskStatus = TaskStatus.failed
-    error_code: str
-    user_message: str
-    technical_detail: str = ""
 
 
 class TaskSnapshot(_Event):

@@ -9,8 +9,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from common.errors import AudioNotFoundError
+from common.schemas import TaskError
 from ingress.auth import CallerDep, visible_task
-from ingress.errors import ErrorResponse, error_responses
+from ingress.errors import error_responses
 from ingress.media import MEDIA_TYPES, ranged_blob
 from ingress.services import ServicesDep
 from storage.blobs import BlobInfo, BlobStore
@@ -63,7 +64,7 @@ def stored_audio(store: BlobStore, key: str | None) -> BlobInfo | None:
             },
         },
         416: {
-            "model": ErrorResponse,
+            "model": TaskError,
             "description": "The range lies outside the file.",
             "headers": {
                 "Content-Range": {"description": "`bytes */size`.", "schema": {"type": "string"}}

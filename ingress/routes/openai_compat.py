@@ -159,7 +159,7 @@ def _task_error(task: TaskPublic) -> JSONResponse:
     message = task.error.user_message
     if task.error.technical_detail:
         message = f"{message} ({task.error.technical_detail})"
-    return _error_json(task.error.code, message, 500, retry=False)
+    return _error_json(task.error.error_code, message, 500, retry=False)
 
 
 def _answer(

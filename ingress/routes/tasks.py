@@ -203,15 +203,4 @@ async def get_task_progress(
         position = await asyncio.to_thread(
             repository.queue_position, services.db, task_id=identifier
         )
-    return TaskProgress(
-        identifier=snap.task_id,
-        status=snap.status,
-        progress_percentage=snap.percentage,
-        progress_stage=snap.stage,
-        error=snap.error.user_message if snap.error else None,
-        error_code=snap.error.code if snap.error else None,
-        seq=snap.seq,
-        queue_position=position,
-        message=snap.message,
-        eta_seconds=snap.eta_seconds,
-    )
+    return TaskProgress.from_snapshot(snap, queue_position=position)

@@ -413,7 +413,7 @@ function wsFailed(view, frames) {
 
 function onFrame(view, frame) {
   if (frame.type === "snapshot") {
-    if (frame.error) showError(view, frame.error.code, frame.error.user_message, frame.error.technical_detail);
+    if (frame.error) showError(view, frame.error.error_code, frame.error.user_message, frame.error.technical_detail);
     applyState(view, frame);
     return;
   }
@@ -443,15 +443,7 @@ function startPolling(view) {
         message: p.message, eta_seconds: p.eta_seconds,
       });
       if (TERMINAL.has(p.status)) {
-        if (p.status === "failed") {
-          try {
-            const task = await apiJson(`/task/${encodeURIComponent(view.taskId)}`);
-            const e = task.error || {};
-            showError(view, e.code || p.error_code, e.user_message || p.error, e.technical_detail);
-          } catch {
-            showError(view, p.error_code, p.error, "");
-          }
-        }
+        if (p.status === "failed") showError(view, p.error_code, p.error, p.technical_detail || "");
         finished(view);
         return;
       }
@@ -569,7 +561,7 @@ async function openTask(taskId) {
       view.terminal = true;
     }
     setBadge(view, task.status);
-    if (task.error) showError(view, task.error.code, task.error.user_message, task.error.technical_detail);
+    if (task.error) showError(view, task.error.error_code, task.error.user_message, task.error.technical_detail);
     return;
   }
   showTranscript(task);

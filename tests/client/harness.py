@@ -203,7 +203,7 @@ class FakeRunner:
                 await tracker.publish()
             if "fail" in (file_name or "") and stage is TaskProgressStage.transcribing:
                 error = TaskError(
-                    code="processing_failed",
+                    error_code="processing_failed",
                     user_message="Transcription failed.",
                     technical_detail="RuntimeError: fake runner told to fail",
                 )

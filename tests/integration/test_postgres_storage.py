@@ -33,7 +33,7 @@ from storage.models import Base
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
-HEAD = "0005"
+HEAD = "0006"
 BASE_URL = os.environ.get(
     "WHISPERX_SERVE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
@@ -128,7 +128,7 @@ def test_lifecycle_and_public_round_trip(db: Database) -> None:
     transcript = Transcript.model_validate({"language": "en", "segments": []})
     timings = Timings(total=2.0)
     assert repo.complete_task(db, task_id="t", result=transcript, timings=timings, seq=5)
-    assert not repo.fail_task(db, task_id="t", error=TaskError(code="x", user_message="y"))
+    assert not repo.fail_task(db, task_id="t", error=TaskError(error_code="x", user_message="y"))
     assert not repo.update_progress(db, task_id="t", stage=stage, percentage=50, seq=6)
     done = repo.get_task(db, task_id="t")
     assert done is not None
@@ -138,7 +138,7 @@ def test_lifecycle_and_public_round_trip(db: Database) -> None:
     assert public.audio_duration == 3.5 and done.progress_seq == 5
 
     _new(db, "f")
-    error = TaskError(code="invalid_audio", user_message="Bad", technical_detail="d")
+    error = TaskError(error_code="invalid_audio", user_message="Bad", technical_detail="d")
     assert repo.fail_task(db, task_id="f", error=error)
     failed = repo.get_task(db, task_id="f")
     assert failed is not None and failed.to_public().error == error
@@ -276,3 +276,56 @@ def test_concurrent_progress_terminal_and_cancel_writes(db: Database, pg_url: st
         assert row.progress_seq == 100 and row.lease_expires_at is None
         if row.status == "completed":
             assert row.progress_percentage == 100.0 and row.result is not None
+
+
+def test_0006_keeps_the_errors_of_rows_the_old_schema_wrote(pg_url: str) -> None:
+    """Failed rows written under 0004 (three error columns) keep their error in the JSON
+    column, and get the columns back on downgrade."""
+    migrate(pg_url, "0004")
+    db = Database(pg_url)
+    with db.engine.begin() as conn:
+        for task_id, status, code, message, detail in [
+            ("bad", "failed", "invalid_audio", "Bad file.", "ffmpeg: 1"),
+            ("fine", "completed", None, None, None),
+        ]:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO tasks (id, status, task_type, params, progress_percentage,"
+                    " progress_stage, progress_seq, timings, attempts, created_at, updated_at,"
+                    " error_code, error_message, error_detail) VALUES (:id, :status,"
+                    " 'speech-to-text', '{}', 40, 'aligning', 5, '{}', 1, :at, :at, :code,"
+                    " :message, :detail)"
+                ),
+                {
+                    "id": task_id,
+                    "status": status,
+                    "at": datetime(2026, 1, 1, tzinfo=UTC),
+                    "code": code,
+                    "message": message,
+                    "detail": detail,
+                },
+            )
+    db.dispose()
+
+    migrate(pg_url)
+    db = Database(pg_url)
+    bad, fine = repo.get_task(db, task_id="bad"), repo.get_task(db, task_id="fine")
+    assert bad is not None and fine is not None and fine.to_public().error is None
+    assert bad.to_public().error == TaskError(
+        error_code="invalid_audio", user_message="Bad file.", technical_detail="ffmpeg: 1"
+    )
+    db.dispose()
+
+    downgrade(pg_url, "0004")
+    db = Database(pg_url)
+    with db.engine.connect() as conn:
+        back = conn.execute(
+            sa.text("SELECT id, error_code, error_message, error_detail FROM tasks ORDER BY id")
+        ).all()
+        names = {c["name"] for c in sa.inspect(conn).get_columns("tasks")}
+    assert [tuple(r) for r in back] == [
+        ("bad", "invalid_audio", "Bad file.", "ffmpeg: 1"),
+        ("fine", None, None, None),
+    ]
+    assert "error" not in names
+    db.dispose()

@@ -31,7 +31,7 @@ async def test_batch_through_handles_gives_ordinary_tasks(
         assert r.task is not None and r.task.result is not None
         assert PHRASE in normalise(r.task.result.text)
     assert not results[1].ok and results[1].task_id is None
-    assert results[1].error is not None and results[1].error.code == "invalid_audio"
+    assert results[1].error is not None and results[1].error.error_code == "invalid_audio"
 
     # the same records and progress as HTTP submissions
     task_id = good[0].task_id

@@ -115,7 +115,7 @@ def test_callbacks_for_completed_and_failed_tasks(
     body = json.loads(failed.body)
     assert failed.headers["X-WhisperX-Task-Status"] == "failed"
     assert body["identifier"] == bad_id and body["status"] == "failed"
-    assert body["error"]["code"] and body["error"]["user_message"] and body["result"] is None
+    assert body["error"]["error_code"] and body["error"]["user_message"] and body["result"] is None
 
     # The failed task ran and reported after the first one finished: had the first been
     # posted twice, the second POST would have arrived by now.

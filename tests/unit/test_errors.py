@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import json
 import pickle
 
 import pytest
 
 from common import errors
 from common.errors import ServiceError, as_service_error, one_line
+from common.schemas import ErrorEvent, TaskError, TaskStatus
+from deployments.progress_state import TaskProgressState
+from ingress.errors import response_for
 
 ALL = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, ServiceError)]
 
@@ -46,3 +50,23 @@ def test_retry_after_survives_pickling() -> None:
     assert type(back) is errors.RateLimitedError and back.retry_after_seconds == 42
     assert (back.status_code, back.code) == (429, "rate_limited")
     assert errors.OverloadedError("Busy.").retry_after_seconds == 1
+
+
+def test_one_error_shape_from_exception_to_every_wire() -> None:
+    """An HTTP error body, the error event and a failed task's stored error are the same
+    ``TaskError`` fields, spelled ``error_code``/``user_message``/``technical_detail``."""
+    exc = errors.InvalidAudioError("The file is not audio.", "av: invalid data")
+    error = TaskError.from_exception(exc)
+    wire = {
+        "error_code": "invalid_audio",
+        "user_message": "The file is not audio.",
+        "technical_detail": "av: invalid data",
+    }
+    assert error.model_dump() == wire
+    assert json.loads(bytes(response_for(exc).body)) == wire
+    state = TaskProgressState(task_id="t")
+    event = state.finish(TaskStatus.failed, error)
+    assert isinstance(event, ErrorEvent) and isinstance(event, TaskError)
+    frame = json.loads(event.model_dump_json())
+    assert {k: frame[k] for k in wire} == wire and frame["type"] == "error"
+    assert state.snapshot().model_dump()["error"] == wire

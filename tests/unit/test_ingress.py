@@ -16,10 +16,13 @@ from common.config import IngressConfig
 from common.schemas import (
     TaskError,
     TaskParams,
+    TaskProgress,
     TaskProgressStage,
+    TaskSnapshot,
     TaskStatus,
     TaskType,
 )
+from deployments.progress_state import state_from_row
 from ingress.app import create_app
 from ingress.services import IngressServices
 from storage import repository
@@ -132,6 +135,51 @@ async def test_progress_polling_reads_tracker(
     assert 0 < body["progress_percentage"] < 100
 
 
+async def test_a_failed_task_polls_as_its_snapshot_from_the_tracker_and_from_the_row(
+    tmp_path: Path,
+) -> None:
+    """The polling body is the snapshot's projection, error fields included, whether the
+    tracker answers or the route falls back to the task row."""
+
+    class DownTracker(FakeTracker):
+        async def snapshot(self, task_id: str) -> TaskSnapshot | None:
+            raise ConnectionError("tracker away")
+
+    error = TaskError(error_code="invalid_audio", user_message="Bad.", technical_detail="av: 1")
+    bodies = []
+    for name, tracker in (("up", FakeTracker), ("down", DownTracker)):
+        services = make_ingress_services(tmp_path / name, tracker=tracker)
+        repository.create_task(
+            services.db,
+            task_id="f1",
+            task_type=TaskType.speech_to_text,
+            params=TaskParams(),
+            file_name="a.wav",
+            audio_key=None,
+        )
+        assert repository.fail_task(services.db, task_id="f1", error=error, seq=1)
+        if name == "up":
+            state = services.progress.state("f1")  # type: ignore[attr-defined]
+            state.finish(TaskStatus.failed, error)
+            snapshot = state.snapshot()
+        else:
+            row = repository.get_task(services.db, task_id="f1")
+            snapshot = state_from_row(row).snapshot()
+        transport = httpx.ASGITransport(app=create_app(services))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            r = await c.get("/tasks/f1/progress")
+        assert r.status_code == 200, r.text
+        assert r.json() == TaskProgress.from_snapshot(snapshot).model_dump(mode="json")
+        bodies.append(r.json())
+    for body in bodies:
+        assert (body["status"], body["error_code"], body["error"], body["technical_detail"]) == (
+            "failed",
+            "invalid_audio",
+            "Bad.",
+            "av: 1",
+        )
+
+
 async def test_ready_reports_components(client: httpx.AsyncClient) -> None:
     r = await client.get("/health/ready")
     assert r.status_code == 200, r.text
@@ -200,7 +248,7 @@ def test_websocket_snapshot_events_then_close(services: IngressServices) -> None
         assert [e["seq"] for e in replay] == [1, 2]
         state.finish(
             TaskStatus.failed,
-            TaskError(code="invalid_audio", user_message="Bad.", technical_detail="x"),
+            TaskError(error_code="invalid_audio", user_message="Bad.", technical_detail="x"),
         )
         tracker.changed.set()
         final = ws.receive_json()

@@ -16,7 +16,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Column, Integer, MetaData, Table
 
-from common.schemas import TaskParams, TaskStatus, TaskType
+from common.schemas import TaskError, TaskParams, TaskStatus, TaskType
 from storage import Database, TaskRow, migrate
 from storage import repository as repo
 from storage.db import downgrade
@@ -40,7 +40,7 @@ def _tables(path: Path) -> set[str]:
         return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
 
 
-HEAD = "0005"
+HEAD = "0006"
 
 
 def _version(path: Path) -> list[str]:
@@ -231,3 +231,50 @@ def test_upgrade_from_0002_keeps_rows_and_adds_speaker_names(tmp_path: Path) -> 
         columns = {r[1] for r in conn.execute("PRAGMA table_info(tasks)")}
         assert [r[0] for r in conn.execute("SELECT id FROM tasks")] == ["old"]
     assert "speaker_names" not in columns and "inputs" in columns
+
+
+OLD_ERROR_ROW = (
+    "INSERT INTO tasks (id, status, task_type, params, progress_percentage, progress_stage, "
+    "progress_seq, timings, attempts, created_at, updated_at, error_code, error_message, "
+    "error_detail) VALUES (?, ?, 'speech-to-text', '{}', 40, 'aligning', 5, '{}', 1, "
+    "'2026-01-01 00:00:00.000000', '2026-01-01 00:00:00.000000', ?, ?, ?)"
+)
+
+
+def test_0006_moves_the_error_columns_into_one_json_column_and_back(tmp_path: Path) -> None:
+    """Rows the 0004 schema wrote keep their error across the upgrade (and the downgrade)."""
+    path = tmp_path / "old.sqlite"
+    url = f"sqlite:///{path}"
+    migrate(url, "0004")
+    with sqlite3.connect(path) as conn:
+        conn.execute(OLD_ERROR_ROW, ("bad", "failed", "invalid_audio", "Bad file.", "ffmpeg: 1"))
+        conn.execute(OLD_ERROR_ROW, ("terse", "failed", "internal", None, None))
+        conn.execute(OLD_ERROR_ROW, ("fine", "completed", None, None, None))
+    migrate(url)
+    assert _version(path) == [HEAD]
+    db = Database(url)
+    errors = {r.id: r.to_public().error for r in repo.list_tasks(db)[0]}
+    assert errors == {
+        "bad": TaskError(
+            error_code="invalid_audio", user_message="Bad file.", technical_detail="ffmpeg: 1"
+        ),
+        "terse": TaskError(error_code="internal", user_message=""),
+        "fine": None,
+    }
+    with sqlite3.connect(path) as conn:
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(tasks)")}
+    assert "error" in columns and not columns & {"error_code", "error_message", "error_detail"}
+    db.dispose()
+
+    downgrade(url, "0004")
+    with sqlite3.connect(path) as conn:
+        back = conn.execute(
+            "SELECT id, error_code, error_message, error_detail FROM tasks ORDER BY id"
+        ).fetchall()
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(tasks)")}
+    assert back == [
+        ("bad", "invalid_audio", "Bad file.", "ffmpeg: 1"),
+        ("fine", None, None, None),
+        ("terse", "internal", "", ""),
+    ]
+    assert "error" not in columns

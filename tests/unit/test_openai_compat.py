@@ -208,13 +208,15 @@ async def test_failed_task_maps_its_error_code_to_status(
     oai: openai.AsyncOpenAI, services: IngressServices, jfk_path: Path
 ) -> None:
     runner_of(services).outcome = TaskError(
-        code="invalid_request", user_message="The model cannot translate.", technical_detail="x"
+        error_code="invalid_request",
+        user_message="The model cannot translate.",
+        technical_detail="x",
     )
     with pytest.raises(openai.BadRequestError) as bad:
         await oai.audio.translations.create(model="whisper-1", file=jfk_path.open("rb"))
     assert bad.value.status_code == 400 and bad.value.code == "invalid_request"
     assert "cannot translate" in bad.value.message
-    runner_of(services).outcome = TaskError(code="model_unavailable", user_message="down")
+    runner_of(services).outcome = TaskError(error_code="model_unavailable", user_message="down")
     with pytest.raises(openai.InternalServerError) as down:
         await oai.audio.transcriptions.create(model="whisper-1", file=jfk_path.open("rb"))
     assert down.value.status_code == 503

@@ -80,7 +80,7 @@ def test_failure_emits_error_event_with_codes() -> None:
     state = started([T])
     event = state.finish(
         TaskStatus.failed,
-        TaskError(code="invalid_audio", user_message="Bad audio.", technical_detail="x"),
+        TaskError(error_code="invalid_audio", user_message="Bad audio.", technical_detail="x"),
     )
     assert isinstance(event, ErrorEvent)
     assert (event.error_code, event.user_message, event.technical_detail) == (

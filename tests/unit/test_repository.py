@@ -189,7 +189,9 @@ def test_update_progress_is_monotonic(db: Database) -> None:
     assert row is not None
     assert (row.progress_stage, row.progress_percentage, row.progress_seq) == ("aligning", 40, 4)
 
-    error = TaskError(code="invalid_audio", user_message="Bad file", technical_detail="ffmpeg 1")
+    error = TaskError(
+        error_code="invalid_audio", user_message="Bad file", technical_detail="ffmpeg 1"
+    )
     assert repo.fail_task(db, task_id="t", error=error, seq=5)
     assert not repo.update_progress(db, task_id="t", stage=al, percentage=90, seq=6)
     row = repo.get_task(db, task_id="t")
@@ -222,7 +224,9 @@ def test_complete_and_fail_only_from_non_terminal(db: Database) -> None:
     stage = TaskProgressStage.diarizing
     repo.claim_tasks(db, worker_id="w", limit=2, lease_seconds=30)
     repo.update_progress(db, task_id="bad", stage=stage, percentage=70, seq=7)
-    error = TaskError(code="model_unavailable", user_message="Try later", technical_detail="oom")
+    error = TaskError(
+        error_code="model_unavailable", user_message="Try later", technical_detail="oom"
+    )
     assert repo.fail_task(db, task_id="bad", error=error, timings=Timings(total=1.0), seq=8)
     assert not repo.fail_task(db, task_id="bad", error=error)
     assert not repo.complete_task(db, task_id="bad", result=TRANSCRIPT, timings=Timings(), seq=9)
@@ -236,7 +240,7 @@ def test_complete_and_fail_only_from_non_terminal(db: Database) -> None:
     assert not repo.fail_task(db, task_id="ok", error=error)
     ok = repo.get_task(db, task_id="ok")
     assert ok is not None and ok.status == "completed" and ok.claimed_by is None
-    assert ok.progress_seq == 3 and ok.error_code is None
+    assert ok.progress_seq == 3 and ok.error is None
 
 
 def test_claim_oldest_first_and_sets_lease(db: Database) -> None:
@@ -338,7 +342,7 @@ def test_set_audio_duration_and_count_by_status(db: Database) -> None:
     assert row is not None and row.audio_duration == 61.25
     repo.claim_tasks(db, worker_id="w", limit=3, lease_seconds=30)
     repo.complete_task(db, task_id="t0", result=TRANSCRIPT, timings=Timings(), seq=1)
-    repo.fail_task(db, task_id="t1", error=TaskError(code="x", user_message="y"))
+    repo.fail_task(db, task_id="t1", error=TaskError(error_code="x", user_message="y"))
     assert repo.count_by_status(db) == {
         TaskStatus.queued: 1,
         TaskStatus.processing: 1,

@@ -97,7 +97,9 @@ async def test_failed_task_is_409_naming_its_status(
 ) -> None:
     add_task(services, "failed1", result=None)
     repository.fail_task(
-        services.db, task_id="failed1", error=TaskError(code="invalid_audio", user_message="bad")
+        services.db,
+        task_id="failed1",
+        error=TaskError(error_code="invalid_audio", user_message="bad"),
     )
     r = await client.get("/task/failed1/result")
     assert r.status_code == 409 and "failed" in r.json()["user_message"]
