@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,22 +45,21 @@ from common.schemas import (
     AsrOptions,
     AsrRequest,
     Segment,
-    TaskProgressStage,
     Transcript,
     TranscriptWarning,
     Word,
 )
 from common.settings import Settings
 from deployments.audio import SAMPLE_RATE
+from deployments.model_stream import ModelProgress, ProgressCallback, stream_stoppable
 from deployments.repetition import cut_loop, find_loop, too_dense
-from deployments.reporting import run_stoppable, stage_reporter
 from deployments.word_times import repair_word_times
 
 __all__ = ["AsrDeployment", "AsrEngine", "check_device", "resolve_model_path"]
 
 logger = logging.getLogger(__name__)
 
-Progress = Callable[[float], None]
+Progress = ProgressCallback
 
 _MAX_WINDOW_SAMPLES = 30 * SAMPLE_RATE  # Whisper's encoder window
 _FALLBACK_SEED = 0  # sampling in the fallback decode is reproducible
@@ -291,7 +290,6 @@ class AsrEngine:
                 elapsed / duration if duration else 0.0,
                 len(transcript.segments),
                 transcript.language,
-                extra={"task_id": req.task_id},
             )
             report(100.0)
             if req.word_timestamps:
@@ -538,25 +536,35 @@ def _segment(item: dict[str, Any]) -> Segment:
 
 @serve.deployment(name="AsrDeployment", max_ongoing_requests=4)
 class AsrDeployment:
-    def __init__(self, config: AsrConfig, *, app_name: str, models_dir: Path | None = None) -> None:
+    """Streams each call's progress, then its transcript (``deployments.model_stream``)."""
+
+    def __init__(self, config: AsrConfig, *, models_dir: Path | None = None) -> None:
         configure_service_logging(Settings().log_level)
-        self._app_name = app_name
         self._engine = AsrEngine(config, models_dir=models_dir)
 
-    async def transcribe(self, audio: np.ndarray, req: AsrRequest) -> Transcript:
-        progress = stage_reporter(self._app_name, req.task_id, TaskProgressStage.transcribing)
-        with log_context(task_id=req.task_id, request_id=req.request_id):
-            return await run_stoppable(
-                lambda report: self._engine.transcribe(audio, req, report), progress
-            )
+    async def transcribe(
+        self, audio: np.ndarray, req: AsrRequest
+    ) -> AsyncIterator[ModelProgress | Transcript]:
+        def work(report: Progress) -> Transcript:
+            with log_context(request_id=req.request_id):
+                return self._engine.transcribe(audio, req, report)
+
+        async for item in stream_stoppable(work):
+            yield item
 
     async def add_word_timestamps(
-        self, audio: np.ndarray, transcript: Transcript, options: AsrOptions | None = None
-    ) -> Transcript:
-        return await run_stoppable(
-            lambda progress: self._engine.add_word_timestamps(audio, transcript, options, progress),
-            None,
-        )
+        self,
+        audio: np.ndarray,
+        transcript: Transcript,
+        options: AsrOptions | None = None,
+        request_id: str | None = None,
+    ) -> AsyncIterator[ModelProgress | Transcript]:
+        def work(report: Progress) -> Transcript:
+            with log_context(request_id=request_id):
+                return self._engine.add_word_timestamps(audio, transcript, options, report)
+
+        async for item in stream_stoppable(work):
+            yield item
 
     def ping(self) -> bool:
         return True

@@ -34,7 +34,8 @@ from common.schemas import (
     TranscriptWarning,
     WarningCode,
 )
-from deployments.clients import AlignClient, AsrClient, DiarizeClient, ProgressSink
+from deployments.clients import AlignClient, AsrClient, AudioRef, DiarizeClient, ProgressSink
+from deployments.model_stream import ProgressFn
 
 logger = logging.getLogger(__name__)
 
@@ -231,7 +232,7 @@ class TaskPipeline:
         if await self._is_cancelled(task):
             raise TaskCancelled(task.task_id)
 
-    async def _process(self, task: TaskInput, audio: np.ndarray, timings: Timings) -> Transcript:
+    async def _process(self, task: TaskInput, audio: AudioRef, timings: Timings) -> Transcript:
         await self._checkpoint(task)
         if task.task_type is TaskType.align:
             return await self._align_given(task, audio, timings)
@@ -248,13 +249,15 @@ class TaskPipeline:
 
         t0 = time.perf_counter()
         asr_request = AsrRequest(
-            task_id=task_id,
             request_id=current_request_id(),
             options=params.asr,
             word_timestamps=can_align is False,
         )
+        transcribing = self._reporter(task, TaskProgressStage.transcribing)
         transcript = await self._call(
-            task, "transcription", lambda: self._asr.transcribe(audio, asr_request)
+            task,
+            "transcription",
+            lambda: self._asr.transcribe(audio, asr_request, progress=transcribing),
         )
         timings.transcribing = round(time.perf_counter() - t0, 3)
 
@@ -266,16 +269,18 @@ class TaskPipeline:
                 can_align = await self._call(
                     task, "alignment", lambda: self._align.supports(detected)
                 )
+            aligning = self._reporter(task, TaskProgressStage.aligning)
             if can_align:
                 await self._progress.enter_stage(task_id, TaskProgressStage.aligning)
                 align_request = AlignRequest(
-                    task_id=task_id,
                     request_id=current_request_id(),
                     transcript=transcript,
                     options=params.alignment,
                 )
                 transcript = await self._call(
-                    task, "alignment", lambda: self._align.align(audio, align_request)
+                    task,
+                    "alignment",
+                    lambda: self._align.align(audio, align_request, progress=aligning),
                 )
             else:
                 message = _NO_ALIGNER.format(language=transcript.language)
@@ -285,7 +290,13 @@ class TaskPipeline:
                     transcript = await self._call(
                         task,
                         "word timing",
-                        lambda: self._asr.add_word_timestamps(audio, plain, params.asr),
+                        lambda: self._asr.add_word_timestamps(
+                            audio,
+                            plain,
+                            params.asr,
+                            request_id=current_request_id(),
+                            progress=aligning,
+                        ),
                     )
                 transcript = _warn(transcript, "no_aligner", message)
             timings.aligning = round(time.perf_counter() - t0, 3)
@@ -298,7 +309,7 @@ class TaskPipeline:
     async def _diarize_stage(
         self,
         task: TaskInput,
-        audio: np.ndarray,
+        audio: AudioRef,
         transcript: Transcript | None,
         timings: Timings,
         *,
@@ -309,44 +320,50 @@ class TaskPipeline:
         if enter:
             await self._progress.enter_stage(task.task_id, TaskProgressStage.diarizing)
         request = DiarizeRequest(
-            task_id=task.task_id,
             request_id=current_request_id(),
             transcript=transcript,
             num_speakers=params.num_speakers,
             min_speakers=params.min_speakers,
             max_speakers=params.max_speakers,
         )
+        diarizing = self._reporter(task, TaskProgressStage.diarizing)
         result = await self._call(
-            task, "diarization", lambda: self._diarize.diarize(audio, request)
+            task,
+            "diarization",
+            lambda: self._diarize.diarize(audio, request, progress=diarizing),
         )
         timings.diarizing = round(time.perf_counter() - t0, 3)
         return result
 
-    async def _align_given(
-        self, task: TaskInput, audio: np.ndarray, timings: Timings
-    ) -> Transcript:
+    async def _align_given(self, task: TaskInput, audio: AudioRef, timings: Timings) -> Transcript:
         """``/service/align``: wav2vec2 alignment of a client's transcript, or Whisper's own
         word timings when no aligner serves its language (the result says which)."""
         transcript = _given_transcript(task)
         t0 = time.perf_counter()
         language = transcript.language or self._fixed_language(task.params.asr.model) or "en"
         transcript = transcript.model_copy(update={"language": language})
+        aligning = self._reporter(task, TaskProgressStage.aligning)
         if await self._call(task, "alignment", lambda: self._align.supports(language)):
             request = AlignRequest(
-                task_id=task.task_id,
                 request_id=current_request_id(),
                 transcript=transcript,
                 options=task.params.alignment,
             )
             transcript = await self._call(
-                task, "alignment", lambda: self._align.align(audio, request)
+                task, "alignment", lambda: self._align.align(audio, request, progress=aligning)
             )
         else:
             given = transcript
             transcript = await self._call(
                 task,
                 "word timing",
-                lambda: self._asr.add_word_timestamps(audio, given, task.params.asr),
+                lambda: self._asr.add_word_timestamps(
+                    audio,
+                    given,
+                    task.params.asr,
+                    request_id=current_request_id(),
+                    progress=aligning,
+                ),
             )
             message = _NO_ALIGNER.format(language=language)
             transcript = _warn(transcript, "no_aligner", message)
@@ -362,6 +379,20 @@ class TaskPipeline:
         return await self._call(
             task, "diarization", lambda: self._diarize.assign(transcript, turns)
         )
+
+    def _reporter(self, task: TaskInput, stage: TaskProgressStage) -> ProgressFn:
+        """The ``progress`` a model client calls with ``stage``'s own 0-100 percentage: sent
+        to the tracker; a failed report is logged and never fails the stage."""
+
+        async def report(percentage: float) -> None:
+            try:
+                await self._progress.report(task.task_id, stage, percentage)
+            except Exception:
+                logger.warning(
+                    "progress report failed", extra={"task_id": task.task_id}, exc_info=True
+                )
+
+        return report
 
     async def _call(self, task: TaskInput, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """One model-deployment call, sent again (up to ``stage_retries`` times, after a
