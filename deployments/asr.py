@@ -12,9 +12,11 @@ temperature), and what still loops past the audio's length is cut. ``Segment.rep
 and the transcript's ``warnings`` say what happened.
 
 Word timestamps come from Whisper itself: faster-whisper's own ``add_word_timestamps``
-(cross-attention DTW over the alignment heads, punctuation merging, its boundary
-heuristics) per transcript segment, then ``repair_word_times`` keeps every word inside its
-segment, in order and at least 50 ms long.
+per transcript segment (``deployments.word_times.whisper_words``), then
+``repair_word_times`` keeps every word inside its segment, in order and at least 50 ms long.
+
+The deployment streams each call's progress to its caller, then the transcript
+(``deployments.model_stream``); it knows nothing of tasks.
 """
 
 from __future__ import annotations
@@ -47,13 +49,17 @@ from common.schemas import (
     Segment,
     Transcript,
     TranscriptWarning,
-    Word,
 )
 from common.settings import Settings
 from deployments.audio import SAMPLE_RATE
 from deployments.model_stream import ModelProgress, ProgressCallback, stream_stoppable
 from deployments.repetition import cut_loop, find_loop, too_dense
-from deployments.word_times import repair_word_times
+from deployments.word_times import (
+    MAX_WINDOW_SAMPLES,
+    encode_window,
+    segment_window,
+    whisper_words,
+)
 
 __all__ = ["AsrDeployment", "AsrEngine", "check_device", "resolve_model_path"]
 
@@ -61,7 +67,6 @@ logger = logging.getLogger(__name__)
 
 Progress = ProgressCallback
 
-_MAX_WINDOW_SAMPLES = 30 * SAMPLE_RATE  # Whisper's encoder window
 _FALLBACK_SEED = 0  # sampling in the fallback decode is reproducible
 _TRANSCRIBE_SHARE = 90.0  # of the stage's 0-100 when word timestamps follow
 
@@ -336,7 +341,14 @@ class AsrEngine:
         try:
             last_speech = 0.0
             for index, segment in enumerate(transcript.segments):
-                words = _segment_words(loaded.pipeline, audio, segment, tokenizer, last_speech)
+                words = whisper_words(
+                    loaded.pipeline.model,
+                    loaded.pipeline.options,
+                    audio,
+                    segment,
+                    tokenizer,
+                    last_speech,
+                )
                 segments.append(segment.model_copy(update={"words": words}))
                 last_speech = segment.end
                 progress((index + 1) / len(transcript.segments) * 100.0)
@@ -351,62 +363,6 @@ class AsrEngine:
         return transcript.model_copy(
             update={"segments": segments, "word_timestamps": "whisper", "alignment_model": None}
         )
-
-
-def _window(audio: np.ndarray, segment: Segment) -> tuple[int, np.ndarray]:
-    """The segment's samples (first sample index, float32 copy)."""
-    first = max(0, round(segment.start * SAMPLE_RATE))
-    last = min(audio.shape[0], round(segment.end * SAMPLE_RATE))
-    return first, np.ascontiguousarray(audio[first:last], dtype=np.float32)
-
-
-def _encode(model: Any, chunk: np.ndarray) -> tuple[Any, int]:
-    """Whisper's encoder output for one window of at most 30 s, and its feature frames."""
-    from faster_whisper.audio import pad_or_trim
-
-    features = model.feature_extractor(chunk)[..., :-1]
-    return model.encode(pad_or_trim(features)), int(features.shape[-1])
-
-
-def _segment_words(
-    pipeline: Any, audio: np.ndarray, segment: Segment, tokenizer: Any, last_speech: float
-) -> list[Word]:
-    """faster-whisper's word timing for the segment's text over the segment's window."""
-    model, options = pipeline.model, pipeline.options
-    first, chunk = _window(audio, segment)
-    text = segment.text.strip()
-    if chunk.size == 0 or not text:
-        return []
-    if chunk.size > _MAX_WINDOW_SAMPLES:
-        logger.warning(
-            "segment %.2f-%.2f s exceeds 30 s; no word timestamps", segment.start, segment.end
-        )
-        return []
-    encoder_output, num_frames = _encode(model, chunk)
-    offset = first / SAMPLE_RATE
-    tokens = [t for t in tokenizer.encode(" " + text) if t < tokenizer.eot]
-    window: dict[str, Any] = {"seek": 0, "start": 0.0, "end": chunk.size / SAMPLE_RATE}
-    window["tokens"] = tokens
-    model.add_word_timestamps(
-        [[window]],
-        tokenizer,
-        encoder_output,
-        num_frames,
-        options.prepend_punctuations,
-        options.append_punctuations,
-        last_speech_timestamp=max(0.0, last_speech - offset),
-    )
-    words = [
-        Word(
-            word=str(item["word"]).strip(),
-            start=offset + float(item["start"]),
-            end=offset + float(item["end"]),
-            score=round(float(item["probability"]), 3),
-        )
-        for item in window.get("words", [])
-        if str(item["word"]).strip()
-    ]
-    return repair_word_times(words, segment.start, segment.end)
 
 
 def _fix_repetitions(
@@ -475,12 +431,12 @@ def _redecode(
     temperatures = list(options.temperatures) or [0.0]
     prompted = bool(options.initial_prompt or options.hotwords or options.prefix)
     higher = [t for t in temperatures if t > temperatures[0]]
-    _, chunk = _window(audio, segment)
-    if not (prompted or higher) or chunk.size == 0 or chunk.size > _MAX_WINDOW_SAMPLES:
+    _, chunk = segment_window(audio, segment)
+    if not (prompted or higher) or chunk.size == 0 or chunk.size > MAX_WINDOW_SAMPLES:
         return None
     temperature = temperatures[0] if prompted else higher[0]
     how = "without the prompt" if prompted else f"at temperature {temperature:g}"
-    encoder_output, _ = _encode(model, chunk)
+    encoder_output, _ = encode_window(model, chunk)
     prompt = model.get_prompt(tokenizer, [], without_timestamps=True)
     retry_options = dataclasses.replace(options, temperatures=[temperature])
     ctranslate2.set_random_seed(_FALLBACK_SEED)
