@@ -236,24 +236,23 @@ class Transcript(BaseModel):
 
 
 # ---------------------------------------------------------------- deployment requests
+# What a model deployment is asked: audio (a separate argument) and options, nothing of
+# tasks. ``request_id`` only tags the replica's log lines.
 
 
 class AsrRequest(BaseModel):
-    task_id: str | None = None
     request_id: str | None = None
     options: AsrOptions = AsrOptions()
     word_timestamps: bool = False
 
 
 class AlignRequest(BaseModel):
-    task_id: str | None = None
     request_id: str | None = None
     transcript: Transcript
     options: AlignOptions = AlignOptions()
 
 
 class DiarizeRequest(BaseModel):
-    task_id: str | None = None
     request_id: str | None = None
     transcript: Transcript | None = None
     num_speakers: int | None = None

@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +30,16 @@ from common.errors import (
     ServiceError,
 )
 from common.logs import configure_service_logging, log_context
-from common.schemas import AlignRequest, Char, Segment, TaskProgressStage, Transcript, Word
+from common.schemas import AlignRequest, Char, Segment, Transcript, Word
 from common.settings import Settings
 from deployments.asr import check_device, resolve_model_path
 from deployments.audio import SAMPLE_RATE
-from deployments.reporting import run_stoppable, stage_reporter
+from deployments.model_stream import ModelProgress, ProgressCallback, stream_stoppable
 from deployments.word_times import repair_word_times
 
 logger = logging.getLogger(__name__)
 
-Progress = Callable[[float], None]
+Progress = ProgressCallback
 _TRUE = {"1", "true", "yes", "on"}
 
 
@@ -270,7 +270,6 @@ class AlignmentEngine:
             duration,
             elapsed,
             elapsed / duration if duration else 0.0,
-            extra={"task_id": req.task_id},
         )
         return transcript.model_copy(
             update={
@@ -339,22 +338,24 @@ def _default_models() -> set[str]:
 
 @serve.deployment(name="AlignmentDeployment", max_ongoing_requests=4)
 class AlignmentDeployment:
-    def __init__(
-        self, config: AlignConfig, *, app_name: str, models_dir: Path | None = None
-    ) -> None:
+    """Streams each alignment's progress, then its transcript (``deployments.model_stream``)."""
+
+    def __init__(self, config: AlignConfig, *, models_dir: Path | None = None) -> None:
         configure_service_logging(Settings().log_level)
-        self._app_name = app_name
         self._engine = AlignmentEngine(config, models_dir=models_dir)
 
     async def supports(self, language: str) -> bool:
         return await asyncio.to_thread(self._engine.supports, language)
 
-    async def align(self, audio: np.ndarray, req: AlignRequest) -> Transcript:
-        progress = stage_reporter(self._app_name, req.task_id, TaskProgressStage.aligning)
-        with log_context(task_id=req.task_id, request_id=req.request_id):
-            return await run_stoppable(
-                lambda report: self._engine.align(audio, req, report), progress
-            )
+    async def align(
+        self, audio: np.ndarray, req: AlignRequest
+    ) -> AsyncIterator[ModelProgress | Transcript]:
+        def work(report: Progress) -> Transcript:
+            with log_context(request_id=req.request_id):
+                return self._engine.align(audio, req, report)
+
+        async for item in stream_stoppable(work):
+            yield item
 
     def ping(self) -> bool:
         return True

@@ -12,9 +12,11 @@ temperature), and what still loops past the audio's length is cut. ``Segment.rep
 and the transcript's ``warnings`` say what happened.
 
 Word timestamps come from Whisper itself: faster-whisper's own ``add_word_timestamps``
-(cross-attention DTW over the alignment heads, punctuation merging, its boundary
-heuristics) per transcript segment, then ``repair_word_times`` keeps every word inside its
-segment, in order and at least 50 ms long.
+per transcript segment (``deployments.word_times.whisper_words``), then
+``repair_word_times`` keeps every word inside its segment, in order and at least 50 ms long.
+
+The deployment streams each call's progress to its caller, then the transcript
+(``deployments.model_stream``); it knows nothing of tasks.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,24 +47,26 @@ from common.schemas import (
     AsrOptions,
     AsrRequest,
     Segment,
-    TaskProgressStage,
     Transcript,
     TranscriptWarning,
-    Word,
 )
 from common.settings import Settings
 from deployments.audio import SAMPLE_RATE
+from deployments.model_stream import ModelProgress, ProgressCallback, stream_stoppable
 from deployments.repetition import cut_loop, find_loop, too_dense
-from deployments.reporting import run_stoppable, stage_reporter
-from deployments.word_times import repair_word_times
+from deployments.word_times import (
+    MAX_WINDOW_SAMPLES,
+    encode_window,
+    segment_window,
+    whisper_words,
+)
 
 __all__ = ["AsrDeployment", "AsrEngine", "check_device", "resolve_model_path"]
 
 logger = logging.getLogger(__name__)
 
-Progress = Callable[[float], None]
+Progress = ProgressCallback
 
-_MAX_WINDOW_SAMPLES = 30 * SAMPLE_RATE  # Whisper's encoder window
 _FALLBACK_SEED = 0  # sampling in the fallback decode is reproducible
 _TRANSCRIBE_SHARE = 90.0  # of the stage's 0-100 when word timestamps follow
 
@@ -291,7 +295,6 @@ class AsrEngine:
                 elapsed / duration if duration else 0.0,
                 len(transcript.segments),
                 transcript.language,
-                extra={"task_id": req.task_id},
             )
             report(100.0)
             if req.word_timestamps:
@@ -338,7 +341,14 @@ class AsrEngine:
         try:
             last_speech = 0.0
             for index, segment in enumerate(transcript.segments):
-                words = _segment_words(loaded.pipeline, audio, segment, tokenizer, last_speech)
+                words = whisper_words(
+                    loaded.pipeline.model,
+                    loaded.pipeline.options,
+                    audio,
+                    segment,
+                    tokenizer,
+                    last_speech,
+                )
                 segments.append(segment.model_copy(update={"words": words}))
                 last_speech = segment.end
                 progress((index + 1) / len(transcript.segments) * 100.0)
@@ -353,62 +363,6 @@ class AsrEngine:
         return transcript.model_copy(
             update={"segments": segments, "word_timestamps": "whisper", "alignment_model": None}
         )
-
-
-def _window(audio: np.ndarray, segment: Segment) -> tuple[int, np.ndarray]:
-    """The segment's samples (first sample index, float32 copy)."""
-    first = max(0, round(segment.start * SAMPLE_RATE))
-    last = min(audio.shape[0], round(segment.end * SAMPLE_RATE))
-    return first, np.ascontiguousarray(audio[first:last], dtype=np.float32)
-
-
-def _encode(model: Any, chunk: np.ndarray) -> tuple[Any, int]:
-    """Whisper's encoder output for one window of at most 30 s, and its feature frames."""
-    from faster_whisper.audio import pad_or_trim
-
-    features = model.feature_extractor(chunk)[..., :-1]
-    return model.encode(pad_or_trim(features)), int(features.shape[-1])
-
-
-def _segment_words(
-    pipeline: Any, audio: np.ndarray, segment: Segment, tokenizer: Any, last_speech: float
-) -> list[Word]:
-    """faster-whisper's word timing for the segment's text over the segment's window."""
-    model, options = pipeline.model, pipeline.options
-    first, chunk = _window(audio, segment)
-    text = segment.text.strip()
-    if chunk.size == 0 or not text:
-        return []
-    if chunk.size > _MAX_WINDOW_SAMPLES:
-        logger.warning(
-            "segment %.2f-%.2f s exceeds 30 s; no word timestamps", segment.start, segment.end
-        )
-        return []
-    encoder_output, num_frames = _encode(model, chunk)
-    offset = first / SAMPLE_RATE
-    tokens = [t for t in tokenizer.encode(" " + text) if t < tokenizer.eot]
-    window: dict[str, Any] = {"seek": 0, "start": 0.0, "end": chunk.size / SAMPLE_RATE}
-    window["tokens"] = tokens
-    model.add_word_timestamps(
-        [[window]],
-        tokenizer,
-        encoder_output,
-        num_frames,
-        options.prepend_punctuations,
-        options.append_punctuations,
-        last_speech_timestamp=max(0.0, last_speech - offset),
-    )
-    words = [
-        Word(
-            word=str(item["word"]).strip(),
-            start=offset + float(item["start"]),
-            end=offset + float(item["end"]),
-            score=round(float(item["probability"]), 3),
-        )
-        for item in window.get("words", [])
-        if str(item["word"]).strip()
-    ]
-    return repair_word_times(words, segment.start, segment.end)
 
 
 def _fix_repetitions(
@@ -477,12 +431,12 @@ def _redecode(
     temperatures = list(options.temperatures) or [0.0]
     prompted = bool(options.initial_prompt or options.hotwords or options.prefix)
     higher = [t for t in temperatures if t > temperatures[0]]
-    _, chunk = _window(audio, segment)
-    if not (prompted or higher) or chunk.size == 0 or chunk.size > _MAX_WINDOW_SAMPLES:
+    _, chunk = segment_window(audio, segment)
+    if not (prompted or higher) or chunk.size == 0 or chunk.size > MAX_WINDOW_SAMPLES:
         return None
     temperature = temperatures[0] if prompted else higher[0]
     how = "without the prompt" if prompted else f"at temperature {temperature:g}"
-    encoder_output, _ = _encode(model, chunk)
+    encoder_output, _ = encode_window(model, chunk)
     prompt = model.get_prompt(tokenizer, [], without_timestamps=True)
     retry_options = dataclasses.replace(options, temperatures=[temperature])
     ctranslate2.set_random_seed(_FALLBACK_SEED)
@@ -538,25 +492,35 @@ def _segment(item: dict[str, Any]) -> Segment:
 
 @serve.deployment(name="AsrDeployment", max_ongoing_requests=4)
 class AsrDeployment:
-    def __init__(self, config: AsrConfig, *, app_name: str, models_dir: Path | None = None) -> None:
+    """Streams each call's progress, then its transcript (``deployments.model_stream``)."""
+
+    def __init__(self, config: AsrConfig, *, models_dir: Path | None = None) -> None:
         configure_service_logging(Settings().log_level)
-        self._app_name = app_name
         self._engine = AsrEngine(config, models_dir=models_dir)
 
-    async def transcribe(self, audio: np.ndarray, req: AsrRequest) -> Transcript:
-        progress = stage_reporter(self._app_name, req.task_id, TaskProgressStage.transcribing)
-        with log_context(task_id=req.task_id, request_id=req.request_id):
-            return await run_stoppable(
-                lambda report: self._engine.transcribe(audio, req, report), progress
-            )
+    async def transcribe(
+        self, audio: np.ndarray, req: AsrRequest
+    ) -> AsyncIterator[ModelProgress | Transcript]:
+        def work(report: Progress) -> Transcript:
+            with log_context(request_id=req.request_id):
+                return self._engine.transcribe(audio, req, report)
+
+        async for item in stream_stoppable(work):
+            yield item
 
     async def add_word_timestamps(
-        self, audio: np.ndarray, transcript: Transcript, options: AsrOptions | None = None
-    ) -> Transcript:
-        return await run_stoppable(
-            lambda progress: self._engine.add_word_timestamps(audio, transcript, options, progress),
-            None,
-        )
+        self,
+        audio: np.ndarray,
+        transcript: Transcript,
+        options: AsrOptions | None = None,
+        request_id: str | None = None,
+    ) -> AsyncIterator[ModelProgress | Transcript]:
+        def work(report: Progress) -> Transcript:
+            with log_context(request_id=request_id):
+                return self._engine.add_word_timestamps(audio, transcript, options, report)
+
+        async for item in stream_stoppable(work):
+            yield item
 
     def ping(self) -> bool:
         return True

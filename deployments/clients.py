@@ -1,14 +1,15 @@
 """Typed wrappers over DeploymentHandles and the tracker actor handle.
 
 The orchestration code talks to these, never to raw handles, so the call contracts are
-checked by mypy and unit tests can pass fakes with the same methods.
+checked by mypy and unit tests can pass fakes with the same methods. The model clients
+hide the deployments' streams (``deployments.model_stream``): they return the result and
+await ``progress(percentage)`` for each progress item; cancelling the awaiting coroutine
+closes the stream, which stops the model's work.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol
-
-import numpy as np
 
 from common.schemas import (
     AlignRequest,
@@ -23,45 +24,58 @@ from common.schemas import (
     Timings,
     Transcript,
 )
+from deployments.audio import AudioRef
+from deployments.model_stream import ProgressFn, collect
 from deployments.progress_state import Event
 
 
 class AsrClient:
-    def __init__(self, handle: Any) -> None:
-        self._handle = handle
+    """Whisper: ``transcribe`` and ``add_word_timestamps`` stream progress to ``progress``."""
 
-    async def transcribe(self, audio: np.ndarray, req: AsrRequest) -> Transcript:
-        result: Transcript = await self._handle.transcribe.remote(audio, req)
-        return result
+    def __init__(self, handle: Any) -> None:
+        self._stream = handle.options(stream=True)
+
+    async def transcribe(
+        self, audio: AudioRef, req: AsrRequest, *, progress: ProgressFn | None = None
+    ) -> Transcript:
+        return await collect(self._stream.transcribe.remote(audio, req), Transcript, progress)
 
     async def add_word_timestamps(
-        self, audio: np.ndarray, transcript: Transcript, options: AsrOptions | None = None
+        self,
+        audio: AudioRef,
+        transcript: Transcript,
+        options: AsrOptions | None = None,
+        *,
+        request_id: str | None = None,
+        progress: ProgressFn | None = None,
     ) -> Transcript:
-        result: Transcript = await self._handle.add_word_timestamps.remote(
-            audio, transcript, options
-        )
-        return result
+        stream = self._stream.add_word_timestamps.remote(audio, transcript, options, request_id)
+        return await collect(stream, Transcript, progress)
 
 
 class AlignClient:
     def __init__(self, handle: Any) -> None:
         self._handle = handle
+        self._stream = handle.options(stream=True)
 
     async def supports(self, language: str) -> bool:
         return bool(await self._handle.supports.remote(language))
 
-    async def align(self, audio: np.ndarray, req: AlignRequest) -> Transcript:
-        result: Transcript = await self._handle.align.remote(audio, req)
-        return result
+    async def align(
+        self, audio: AudioRef, req: AlignRequest, *, progress: ProgressFn | None = None
+    ) -> Transcript:
+        return await collect(self._stream.align.remote(audio, req), Transcript, progress)
 
 
 class DiarizeClient:
     def __init__(self, handle: Any) -> None:
         self._handle = handle
+        self._stream = handle.options(stream=True)
 
-    async def diarize(self, audio: np.ndarray, req: DiarizeRequest) -> Transcript:
-        result: Transcript = await self._handle.diarize.remote(audio, req)
-        return result
+    async def diarize(
+        self, audio: AudioRef, req: DiarizeRequest, *, progress: ProgressFn | None = None
+    ) -> Transcript:
+        return await collect(self._stream.diarize.remote(audio, req), Transcript, progress)
 
     async def assign(self, transcript: Transcript, turns: list[SpeakerTurn]) -> Transcript:
         result: Transcript = await self._handle.assign.remote(transcript, turns)
@@ -76,9 +90,17 @@ class DiarizeClient:
 class Transcriber(Protocol):
     """The ASR deployment, as the pipeline calls it; ``AsrClient`` or a test fake."""
 
-    async def transcribe(self, audio: np.ndarray, req: AsrRequest) -> Transcript: ...
+    async def transcribe(
+        self, audio: AudioRef, req: AsrRequest, *, progress: ProgressFn | None = None
+    ) -> Transcript: ...
     async def add_word_timestamps(
-        self, audio: np.ndarray, transcript: Transcript, options: AsrOptions | None = None
+        self,
+        audio: AudioRef,
+        transcript: Transcript,
+        options: AsrOptions | None = None,
+        *,
+        request_id: str | None = None,
+        progress: ProgressFn | None = None,
     ) -> Transcript: ...
 
 
@@ -86,13 +108,17 @@ class Aligner(Protocol):
     """The alignment deployment; ``AlignClient`` or a test fake."""
 
     async def supports(self, language: str) -> bool: ...
-    async def align(self, audio: np.ndarray, req: AlignRequest) -> Transcript: ...
+    async def align(
+        self, audio: AudioRef, req: AlignRequest, *, progress: ProgressFn | None = None
+    ) -> Transcript: ...
 
 
 class Diarizer(Protocol):
     """The diarization deployment; ``DiarizeClient`` or a test fake."""
 
-    async def diarize(self, audio: np.ndarray, req: DiarizeRequest) -> Transcript: ...
+    async def diarize(
+        self, audio: AudioRef, req: DiarizeRequest, *, progress: ProgressFn | None = None
+    ) -> Transcript: ...
     async def assign(self, transcript: Transcript, turns: list[SpeakerTurn]) -> Transcript: ...
 
 
@@ -104,6 +130,7 @@ class ProgressSink(Protocol):
         self, task_id: str, stage: TaskProgressStage, message: str = ""
     ) -> None: ...
     async def note(self, task_id: str, message: str) -> None: ...
+    async def report(self, task_id: str, stage: TaskProgressStage, percentage: float) -> None: ...
     async def finish(
         self,
         task_id: str,
@@ -129,6 +156,10 @@ class ProgressClient:
 
     async def note(self, task_id: str, message: str) -> None:
         await self._actor.note.remote(task_id, message)
+
+    async def report(self, task_id: str, stage: TaskProgressStage, percentage: float) -> None:
+        """A running stage's own 0-100 percentage (the tracker keeps it monotonic)."""
+        await self._actor.report.remote(task_id, stage.value, percentage)
 
     async def finish(
         self,

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +30,10 @@ from common.errors import (
     ServiceError,
 )
 from common.logs import configure_service_logging, log_context
-from common.schemas import DiarizeRequest, SpeakerTurn, TaskProgressStage, Transcript
+from common.schemas import DiarizeRequest, SpeakerTurn, Transcript
 from common.settings import Settings
 from deployments.audio import SAMPLE_RATE
-from deployments.reporting import run_stoppable, stage_reporter
+from deployments.model_stream import ModelProgress, ProgressCallback, stream_stoppable
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ VBX_FA, VBX_FB = 0.07, 0.8
 # split made the bar race through the first half and crawl through the second.
 _STEP_RANGES = {"segmentation": (0.0, 15.0), "embeddings": (15.0, 99.0)}
 
-Progress = Callable[[float], None]
+Progress = ProgressCallback
 
 
 def _resolve(path: Path, models_dir: Path | None) -> Path:
@@ -281,7 +281,6 @@ class DiarizationEngine:
             logger.info(
                 "audio too short to diarize (%d samples)",
                 audio.shape[0],
-                extra={"task_id": req.task_id},
             )
             return []
         waveform = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None]
@@ -384,24 +383,27 @@ class DiarizationDeployment:
         self,
         config: DiarizationConfig,
         *,
-        app_name: str,
         models_dir: Path | None = None,
     ) -> None:
         settings = Settings()
         configure_service_logging(settings.log_level)
         token = settings.hf_token  # a secret: read from the environment, never bind args
-        self._app_name = app_name
         self._engine = DiarizationEngine(
             config, models_dir=models_dir, hf_token=token.get_secret_value() if token else None
         )
         self._lock = threading.Lock()
 
-    async def diarize(self, audio: np.ndarray, req: DiarizeRequest) -> Transcript:
-        progress = stage_reporter(self._app_name, req.task_id, TaskProgressStage.diarizing)
-        with log_context(task_id=req.task_id, request_id=req.request_id):
-            return await run_stoppable(
-                lambda report: self._locked_diarize(audio, req, report), progress
-            )
+    async def diarize(
+        self, audio: np.ndarray, req: DiarizeRequest
+    ) -> AsyncIterator[ModelProgress | Transcript]:
+        """Streams the diarization's progress, then the (labelled) transcript."""
+
+        def work(report: Progress) -> Transcript:
+            with log_context(request_id=req.request_id):
+                return self._locked_diarize(audio, req, report)
+
+        async for item in stream_stoppable(work):
+            yield item
 
     async def assign(self, transcript: Transcript, turns: list[SpeakerTurn]) -> Transcript:
         return await asyncio.to_thread(self._engine.assign, transcript, turns)

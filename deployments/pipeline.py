@@ -35,6 +35,7 @@ from common.schemas import (
 )
 from deployments.audio import AudioRef, DecodedAudio
 from deployments.clients import Aligner, Diarizer, ProgressSink, Transcriber
+from deployments.model_stream import ProgressFn
 
 logger = logging.getLogger(__name__)
 
@@ -250,13 +251,15 @@ class TaskPipeline:
 
         t0 = time.perf_counter()
         asr_request = AsrRequest(
-            task_id=task_id,
             request_id=current_request_id(),
             options=params.asr,
             word_timestamps=can_align is False,
         )
+        transcribing = self._reporter(task, TaskProgressStage.transcribing)
         transcript = await self._call(
-            task, "transcription", lambda: self._asr.transcribe(audio, asr_request)
+            task,
+            "transcription",
+            lambda: self._asr.transcribe(audio, asr_request, progress=transcribing),
         )
         timings.transcribing = round(time.perf_counter() - t0, 3)
 
@@ -268,16 +271,18 @@ class TaskPipeline:
                 can_align = await self._call(
                     task, "alignment", lambda: self._align.supports(detected)
                 )
+            aligning = self._reporter(task, TaskProgressStage.aligning)
             if can_align:
                 await self._progress.enter_stage(task_id, TaskProgressStage.aligning)
                 align_request = AlignRequest(
-                    task_id=task_id,
                     request_id=current_request_id(),
                     transcript=transcript,
                     options=params.alignment,
                 )
                 transcript = await self._call(
-                    task, "alignment", lambda: self._align.align(audio, align_request)
+                    task,
+                    "alignment",
+                    lambda: self._align.align(audio, align_request, progress=aligning),
                 )
             else:
                 message = _NO_ALIGNER.format(language=transcript.language)
@@ -287,7 +292,13 @@ class TaskPipeline:
                     transcript = await self._call(
                         task,
                         "word timing",
-                        lambda: self._asr.add_word_timestamps(audio, plain, params.asr),
+                        lambda: self._asr.add_word_timestamps(
+                            audio,
+                            plain,
+                            params.asr,
+                            request_id=current_request_id(),
+                            progress=aligning,
+                        ),
                     )
                 transcript = _warn(transcript, "no_aligner", message)
             timings.aligning = round(time.perf_counter() - t0, 3)
@@ -311,15 +322,17 @@ class TaskPipeline:
         if enter:
             await self._progress.enter_stage(task.task_id, TaskProgressStage.diarizing)
         request = DiarizeRequest(
-            task_id=task.task_id,
             request_id=current_request_id(),
             transcript=transcript,
             num_speakers=params.num_speakers,
             min_speakers=params.min_speakers,
             max_speakers=params.max_speakers,
         )
+        diarizing = self._reporter(task, TaskProgressStage.diarizing)
         result = await self._call(
-            task, "diarization", lambda: self._diarize.diarize(audio, request)
+            task,
+            "diarization",
+            lambda: self._diarize.diarize(audio, request, progress=diarizing),
         )
         timings.diarizing = round(time.perf_counter() - t0, 3)
         return result
@@ -331,22 +344,28 @@ class TaskPipeline:
         t0 = time.perf_counter()
         language = transcript.language or self._fixed_language(task.params.asr.model) or "en"
         transcript = transcript.model_copy(update={"language": language})
+        aligning = self._reporter(task, TaskProgressStage.aligning)
         if await self._call(task, "alignment", lambda: self._align.supports(language)):
             request = AlignRequest(
-                task_id=task.task_id,
                 request_id=current_request_id(),
                 transcript=transcript,
                 options=task.params.alignment,
             )
             transcript = await self._call(
-                task, "alignment", lambda: self._align.align(audio, request)
+                task, "alignment", lambda: self._align.align(audio, request, progress=aligning)
             )
         else:
             given = transcript
             transcript = await self._call(
                 task,
                 "word timing",
-                lambda: self._asr.add_word_timestamps(audio, given, task.params.asr),
+                lambda: self._asr.add_word_timestamps(
+                    audio,
+                    given,
+                    task.params.asr,
+                    request_id=current_request_id(),
+                    progress=aligning,
+                ),
             )
             message = _NO_ALIGNER.format(language=language)
             transcript = _warn(transcript, "no_aligner", message)
@@ -362,6 +381,20 @@ class TaskPipeline:
         return await self._call(
             task, "diarization", lambda: self._diarize.assign(transcript, turns)
         )
+
+    def _reporter(self, task: TaskInput, stage: TaskProgressStage) -> ProgressFn:
+        """The ``progress`` a model client calls with ``stage``'s own 0-100 percentage: sent
+        to the tracker; a failed report is logged and never fails the stage."""
+
+        async def report(percentage: float) -> None:
+            try:
+                await self._progress.report(task.task_id, stage, percentage)
+            except Exception:
+                logger.warning(
+                    "progress report failed", extra={"task_id": task.task_id}, exc_info=True
+                )
+
+        return report
 
     async def _call(self, task: TaskInput, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """One model-deployment call, sent again (up to ``stage_retries`` times, after a

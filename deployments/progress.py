@@ -38,11 +38,16 @@ from deployments.progress_state import (
     learn_weights,
     state_from_row,
 )
-from deployments.reporting import TRACKER_NAMESPACE, tracker_name
 from storage import repository
 from storage.db import Database
 
 logger = logging.getLogger(__name__)
+
+TRACKER_NAMESPACE = "whisperx_serve"
+
+
+def tracker_name(app_name: str) -> str:
+    return f"{app_name}-progress"
 
 
 class ProgressTracker:

@@ -1,4 +1,10 @@
-"""Usable word times: inside their segment, in order, and never zero-length.
+"""Word times: Whisper's own, and usable ones (inside their segment, in order, never zero-length).
+
+Whisper's word times are faster-whisper's: :func:`whisper_words` hands a segment's window
+and text to ``WhisperModel.add_word_timestamps`` (cross-attention DTW over the alignment
+heads, punctuation merging, its boundary heuristics) and only maps the result into the
+segment. whisperx's batched decode has no word timestamps of its own, and a given
+transcript (``/service/align``) has no decode at all, so the window is encoded here.
 
 Both word-time sources leave defects: Whisper's cross-attention DTW gives words that share
 one 20 ms frame ``start == end`` and may run past the window; wav2vec2 alignment gives a
@@ -8,7 +14,18 @@ interpolation. :func:`repair_word_times` is applied to every segment's words aft
 
 from __future__ import annotations
 
-from common.schemas import Word
+import logging
+from typing import Any
+
+import numpy as np
+
+from common.schemas import Segment, Word
+from deployments.audio import SAMPLE_RATE
+
+logger = logging.getLogger(__name__)
+
+MAX_WINDOW_SAMPLES = 30 * SAMPLE_RATE
+"""Whisper's encoder window: a longer segment gets no Whisper word times."""
 
 MIN_WORD_SECONDS = 0.05
 """Shortest word duration given (less when the segment is too short for all its words)."""
@@ -68,3 +85,72 @@ def repair_word_times(
         assert w.start is not None and w.end is not None
         w.start, w.end = round(w.start, 3), round(w.end, 3)
     return out
+
+
+def segment_window(audio: np.ndarray, segment: Segment) -> tuple[int, np.ndarray]:
+    """The segment's samples (first sample index, float32 copy)."""
+    first = max(0, round(segment.start * SAMPLE_RATE))
+    last = min(audio.shape[0], round(segment.end * SAMPLE_RATE))
+    return first, np.ascontiguousarray(audio[first:last], dtype=np.float32)
+
+
+def encode_window(model: Any, chunk: np.ndarray) -> tuple[Any, int]:
+    """Whisper's encoder output for one window of at most 30 s, and its content frames
+    (faster-whisper's features drop their last frame, as its own ``transcribe`` does)."""
+    from faster_whisper.audio import pad_or_trim
+
+    features = model.feature_extractor(chunk)[..., :-1]
+    return model.encode(pad_or_trim(features)), int(features.shape[-1])
+
+
+def whisper_words(
+    model: Any,
+    options: Any,
+    audio: np.ndarray,
+    segment: Segment,
+    tokenizer: Any,
+    last_speech: float,
+) -> list[Word]:
+    """faster-whisper's word timing of ``segment``'s text over its window, repaired.
+
+    ``model`` is the ``WhisperModel``, ``options`` its ``TranscriptionOptions`` (for the
+    punctuation to merge), ``last_speech`` where the previous segment ended (faster-whisper
+    shortens a first word that starts long after it).
+    """
+    first, chunk = segment_window(audio, segment)
+    text = segment.text.strip()
+    if chunk.size == 0 or not text:
+        return []
+    if chunk.size > MAX_WINDOW_SAMPLES:
+        logger.warning(
+            "segment %.2f-%.2f s exceeds 30 s; no word timestamps", segment.start, segment.end
+        )
+        return []
+    encoder_output, num_frames = encode_window(model, chunk)
+    offset = first / SAMPLE_RATE
+    window: dict[str, Any] = {
+        "seek": 0,
+        "start": 0.0,
+        "end": chunk.size / SAMPLE_RATE,
+        "tokens": [t for t in tokenizer.encode(" " + text) if t < tokenizer.eot],
+    }
+    model.add_word_timestamps(
+        [[window]],
+        tokenizer,
+        encoder_output,
+        num_frames,
+        options.prepend_punctuations,
+        options.append_punctuations,
+        last_speech_timestamp=max(0.0, last_speech - offset),
+    )
+    words = [
+        Word(
+            word=str(item["word"]).strip(),
+            start=offset + float(item["start"]),
+            end=offset + float(item["end"]),
+            score=round(float(item["probability"]), 3),
+        )
+        for item in window.get("words", [])
+        if str(item["word"]).strip()
+    ]
+    return repair_word_times(words, segment.start, segment.end)

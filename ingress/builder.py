@@ -89,14 +89,12 @@ def build_app(raw_args: dict[str, Any]) -> Application:
     _check_gpus(args)
 
     name = args.name
-    asr = AsrDeployment.options(**_model_options(args.asr)).bind(
-        args.asr, app_name=name, models_dir=models_path
-    )
+    asr = AsrDeployment.options(**_model_options(args.asr)).bind(args.asr, models_dir=models_path)
     alignment = AlignmentDeployment.options(**_model_options(args.alignment)).bind(
-        args.alignment, app_name=name, models_dir=models_path
+        args.alignment, models_dir=models_path
     )
     diarization = DiarizationDeployment.options(**_model_options(args.diarization)).bind(
-        args.diarization, app_name=name, models_dir=models_path
+        args.diarization, models_dir=models_path
     )
     task_runner = TaskRunner.options(ray_actor_options={"num_cpus": 0.1}).bind(
         asr,

@@ -50,7 +50,7 @@ def _actor_pid(actor: Any) -> int | None:
 def _service_tracker() -> Any:
     import ray
 
-    from deployments.reporting import TRACKER_NAMESPACE, tracker_name
+    from deployments.progress import TRACKER_NAMESPACE, tracker_name
 
     return ray.get_actor(tracker_name(APP), namespace=TRACKER_NAMESPACE)
 

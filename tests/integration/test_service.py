@@ -183,7 +183,7 @@ def test_truncated_audio_ends_cleanly(service: Service, jfk_path: Path, tmp_path
 def test_polling_survives_a_tracker_restart(service: Service, jfk_path: Path) -> None:
     import ray
 
-    from deployments.reporting import TRACKER_NAMESPACE, tracker_name
+    from deployments.progress import TRACKER_NAMESPACE, tracker_name
 
     task_id = submit(service.base_url, jfk_path, diarize="false")
     assert _finished(service, task_id, timeout=120).status == "completed"

@@ -27,6 +27,7 @@ from common.schemas import (
     Word,
 )
 from deployments.audio import DecodedAudio
+from deployments.model_stream import ProgressFn
 from deployments.pipeline import TaskInput, TaskPipeline
 
 AUDIO = np.zeros(16_000 * 2, dtype=np.float32)
@@ -45,19 +46,27 @@ class FakeAsr:
         self.while_running: Callable[[], object] | None = None
         """Called during each transcription (a test's stand-in for what happens meanwhile)."""
 
-    async def transcribe(self, audio: np.ndarray, req: AsrRequest) -> Transcript:
+    async def transcribe(
+        self, audio: np.ndarray, req: AsrRequest, *, progress: ProgressFn | None = None
+    ) -> Transcript:
         self.requests.append(req)
-        if self.while_running is not None:
-            self.while_running()
+        await _report(progress, 50.0, 100.0)
         t = Transcript(
             language=self.language, segments=[Segment(start=0, end=2, text=" hello world")]
         )
         return self._words(t) if req.word_timestamps else t
 
     async def add_word_timestamps(
-        self, audio: np.ndarray, transcript: Transcript, options: AsrOptions | None = None
+        self,
+        audio: np.ndarray,
+        transcript: Transcript,
+        options: AsrOptions | None = None,
+        *,
+        request_id: str | None = None,
+        progress: ProgressFn | None = None,
     ) -> Transcript:
         self.word_calls += 1
+        await _report(progress, 100.0)
         return self._words(transcript)
 
     @staticmethod
@@ -74,8 +83,11 @@ class FakeAlign:
     async def supports(self, language: str) -> bool:
         return language in self.supported
 
-    async def align(self, audio: np.ndarray, req: AlignRequest) -> Transcript:
+    async def align(
+        self, audio: np.ndarray, req: AlignRequest, *, progress: ProgressFn | None = None
+    ) -> Transcript:
         self.calls += 1
+        await _report(progress, 100.0)
         return req.transcript.model_copy(
             update={"word_timestamps": "wav2vec2", "alignment_model": "fake"}
         )
@@ -88,8 +100,11 @@ class FakeDiarize:
         self.assigned: list[list[SpeakerTurn]] = []
         self.block: asyncio.Event | None = None
 
-    async def diarize(self, audio: np.ndarray, req: DiarizeRequest) -> Transcript:
+    async def diarize(
+        self, audio: np.ndarray, req: DiarizeRequest, *, progress: ProgressFn | None = None
+    ) -> Transcript:
         self.requests.append(req)
+        await _report(progress, 10.0)
         if self.fail:
             raise RuntimeError("boom")
         if self.block is not None:
@@ -104,9 +119,16 @@ class FakeDiarize:
         return transcript.model_copy(update={"segments": segments, "speaker_turns": turns})
 
 
+async def _report(progress: ProgressFn | None, *percentages: float) -> None:
+    for pct in percentages:
+        if progress is not None:
+            await progress(pct)
+
+
 class FakeProgress:
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
+        self.reports: list[tuple[TaskProgressStage, float]] = []
         self.result: Transcript | None = None
         self.error: TaskError | None = None
 
@@ -118,6 +140,9 @@ class FakeProgress:
 
     async def note(self, task_id: str, message: str) -> None:
         self.calls.append(("note", message))
+
+    async def report(self, task_id: str, stage: TaskProgressStage, percentage: float) -> None:
+        self.reports.append((stage, percentage))
 
     async def finish(
         self,
@@ -288,7 +313,15 @@ async def test_combine_task_needs_no_audio() -> None:
 async def test_cancel_request_stops_at_the_next_stage_boundary() -> None:
     cancelled: set[str] = set()
     pipeline, asr, align, diar, progress = make({"en"}, cancelled=cancelled)
-    asr.while_running = lambda: cancelled.add("t1")  # the user cancels while it transcribes
+    original = asr.transcribe
+
+    async def transcribe_then_cancel(
+        audio: np.ndarray, req: AsrRequest, *, progress: ProgressFn | None = None
+    ) -> Transcript:
+        cancelled.add("t1")  # the user cancels while transcription runs
+        return await original(audio, req, progress=progress)
+
+    asr.transcribe = transcribe_then_cancel  # type: ignore[method-assign]
     outcome = await pipeline.run(task())
     assert outcome.status is TaskStatus.cancelled
     assert align.calls == 0 and not diar.requests
@@ -349,12 +382,14 @@ class DyingAsr(FakeAsr):
         self.deaths = deaths
         self.error = error
 
-    async def transcribe(self, audio: np.ndarray, req: AsrRequest) -> Transcript:
+    async def transcribe(
+        self, audio: np.ndarray, req: AsrRequest, *, progress: ProgressFn | None = None
+    ) -> Transcript:
         if self.deaths > 0:
             self.deaths -= 1
             self.requests.append(req)
             raise self.error or ActorDiedError("The actor died unexpectedly; pid=123")
-        return await super().transcribe(audio, req)
+        return await super().transcribe(audio, req, progress=progress)
 
 
 def _with_asr(asr: FakeAsr, retries: int = 2) -> tuple[TaskPipeline, FakeProgress]:
@@ -478,12 +513,14 @@ async def test_diarization_whose_replica_died_is_retried_too() -> None:
     class DyingDiarize(FakeDiarize):
         deaths = 1
 
-        async def diarize(self, audio: np.ndarray, req: DiarizeRequest) -> Transcript:
+        async def diarize(
+            self, audio: np.ndarray, req: DiarizeRequest, *, progress: ProgressFn | None = None
+        ) -> Transcript:
             if self.deaths:
                 self.deaths -= 1
                 self.requests.append(req)
                 raise ActorDiedError("The actor died unexpectedly")
-            return await super().diarize(audio, req)
+            return await super().diarize(audio, req, progress=progress)
 
     progress, diar = FakeProgress(), DyingDiarize()
     pipeline = TaskPipeline(
@@ -501,3 +538,33 @@ async def test_diarization_whose_replica_died_is_retried_too() -> None:
     assert [c[1] for c in progress.calls if c[0] == "note"] == [
         "Diarization restarted: its model replica stopped (retry 1 of 2)"
     ]
+
+
+async def test_each_stage_reports_its_model_progress_to_the_tracker() -> None:
+    pipeline, *_, progress = make({"en"})
+    outcome = await pipeline.run(task())
+    assert outcome.status is TaskStatus.completed
+    assert progress.reports == [
+        (TaskProgressStage.transcribing, 50.0),
+        (TaskProgressStage.transcribing, 100.0),
+        (TaskProgressStage.aligning, 100.0),
+        (TaskProgressStage.diarizing, 10.0),
+    ]
+
+
+async def test_whisper_word_timing_reports_as_the_aligning_stage() -> None:
+    pipeline, asr, _, _, progress = make(set(), language=None)
+    await pipeline.run(task(diarize=False))
+    assert asr.word_calls == 1
+    assert progress.reports[-1] == (TaskProgressStage.aligning, 100.0)
+
+
+async def test_a_failing_progress_report_never_fails_the_stage() -> None:
+    class BrokenReports(FakeProgress):
+        async def report(self, task_id: str, stage: TaskProgressStage, percentage: float) -> None:
+            raise RuntimeError("tracker restarting")
+
+    progress = BrokenReports()
+    outcome = await _with_progress(progress).run(task())
+    assert outcome.status is TaskStatus.completed
+    assert progress.result is not None

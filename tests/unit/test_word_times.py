@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
+import numpy as np
 import pytest
 
-from common.schemas import Word
+from common.schemas import Segment, Word
 from deployments.word_times import MIN_WORD_SECONDS, repair_word_times
 
 EPS = 1e-3  # times are rounded to milliseconds
@@ -96,3 +98,66 @@ def test_random_word_times_always_come_out_usable(seed: int) -> None:
         rng.shuffle(words)  # out of order too
     fixed = repair_word_times(words, start, end)
     check(fixed, start, end, min(MIN_WORD_SECONDS, (end - start) / len(words)))
+
+
+class _FakeWhisper:
+    """Stands in for faster-whisper's WhisperModel: records what add_word_timestamps got and
+    times each word as the library would, relative to the window."""
+
+    def __init__(self, timings: list[tuple[str, float, float]]) -> None:
+        self.timings = timings
+        self.calls: list[Any] = []
+
+    def feature_extractor(self, chunk: np.ndarray) -> np.ndarray:
+        return np.zeros((80, chunk.size // 160 + 1), dtype=np.float32)
+
+    def encode(self, features: np.ndarray) -> str:
+        return "encoded"
+
+    def add_word_timestamps(
+        self, segments: list[list[dict[str, Any]]], *args: Any, **kw: Any
+    ) -> float:
+        self.calls.append((segments[0][0]["tokens"], args, kw))
+        segments[0][0]["words"] = [
+            {"word": w, "start": s, "end": e, "probability": 0.91234} for w, s, e in self.timings
+        ]
+        return 0.0
+
+
+class _FakeTokenizer:
+    eot = 100
+
+    def encode(self, text: str) -> list[int]:
+        return [len(word) for word in text.split()] + [self.eot]
+
+
+def _options() -> Any:
+    return type("Options", (), {"prepend_punctuations": "'", "append_punctuations": "."})()
+
+
+def test_whisper_words_are_faster_whispers_own_mapped_into_the_segment() -> None:
+    from deployments.word_times import whisper_words
+
+    model = _FakeWhisper([("ask", 0.1, 0.4), (" ", 0.4, 0.4), ("not", 0.5, 0.5)])
+    audio = np.zeros(16_000 * 10, dtype=np.float32)
+    segment = Segment(start=2.0, end=3.0, text=" ask not")
+    words = whisper_words(model, _options(), audio, segment, _FakeTokenizer(), last_speech=1.5)
+    tokens, args, kw = model.calls[0]
+    assert tokens == [3, 3]  # the segment's text, without end-of-text
+    assert args[1] == "encoded" and args[2] == 100  # its window's encoding, content frames
+    assert kw == {"last_speech_timestamp": 0.0}  # relative to the window (clamped at 0)
+    assert [w.word for w in words] == ["ask", "not"]  # blank words dropped
+    assert words[0].start == 2.1 and words[0].end == 2.4 and words[0].score == 0.912
+    second = words[1]
+    assert second.start is not None and second.end is not None
+    assert second.end - second.start >= MIN_WORD_SECONDS - EPS  # repaired
+
+
+def test_no_whisper_words_for_empty_or_over_long_segments() -> None:
+    from deployments.word_times import whisper_words
+
+    model = _FakeWhisper([("x", 0.0, 0.1)])
+    audio = np.zeros(16_000 * 40, dtype=np.float32)
+    for segment in (Segment(start=0, end=35, text="long"), Segment(start=1, end=2, text=" ")):
+        assert whisper_words(model, _options(), audio, segment, _FakeTokenizer(), 0.0) == []
+    assert not model.calls
