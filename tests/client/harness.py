@@ -39,7 +39,7 @@ from common.schemas import (
 from deployments.progress_state import Event, TaskProgressState, state_from_row
 from ingress.app import create_app
 from ingress.services import IngressServices
-from storage import repository
+from storage import lifecycle, repository
 from storage.db import Database
 from tests.fakes import FakeTracker, make_ingress_services
 from tests.ports import free_port
@@ -177,7 +177,7 @@ class FakeRunner:
 
     async def _claim(self) -> None:
         rows = await asyncio.to_thread(
-            repository.claim_tasks, self.db, worker_id="fake", limit=100, lease_seconds=600
+            lifecycle.claim, self.db, worker_id="fake", limit=100, lease_seconds=600
         )
         for row in rows:
             task = asyncio.get_running_loop().create_task(self._run(row.id, row.file_name))
@@ -208,7 +208,12 @@ class FakeRunner:
                     technical_detail="RuntimeError: fake runner told to fail",
                 )
                 await asyncio.to_thread(
-                    repository.fail_task, db, task_id=task_id, error=error, seq=state.seq + 1
+                    lifecycle.finish,
+                    db,
+                    status=TaskStatus.failed,
+                    task_id=task_id,
+                    error=error,
+                    seq=state.seq + 1,
                 )
                 state.finish(TaskStatus.failed, error)
                 await tracker.publish()
@@ -216,8 +221,9 @@ class FakeRunner:
             if stage is self.hold_after:
                 await asyncio.to_thread(self.hold.wait)
         await asyncio.to_thread(
-            repository.complete_task,
+            lifecycle.finish,
             db,
+            status=TaskStatus.completed,
             task_id=task_id,
             result=CANNED,
             timings=Timings(total=0.1),
@@ -232,7 +238,11 @@ class FakeRunner:
             return False
         if not state.status.terminal:
             await asyncio.to_thread(
-                repository.cancel_task, self.db, task_id=task_id, seq=state.seq + 1
+                lifecycle.finish,
+                self.db,
+                status=TaskStatus.cancelled,
+                task_id=task_id,
+                seq=state.seq + 1,
             )
             state.finish(TaskStatus.cancelled)
             await self.tracker.publish()

@@ -140,7 +140,7 @@ def test_ws_from_the_tracker_alone_ends_across_restarts(service: Service, tmp_pa
     from deployments.clients import ProgressClient
     from deployments.progress import get_or_create_tracker
     from ingress.app import create_app
-    from storage import repository
+    from storage import lifecycle, repository
     from tests.fakes import make_ingress_services
 
     url = f"sqlite:///{tmp_path / 'ingress.db'}"
@@ -157,7 +157,7 @@ def test_ws_from_the_tracker_alone_ends_across_restarts(service: Service, tmp_pa
         file_name=None,
         audio_path=None,
     )
-    repository.claim_tasks(services.db, worker_id="w", limit=1, lease_seconds=600)
+    lifecycle.claim(services.db, worker_id="w", limit=1, lease_seconds=600)
     diarizing = TaskProgressStage.diarizing.value
     try:
         ray.get(actor.start.remote("t", [TaskProgressStage.transcribing.value, diarizing]))

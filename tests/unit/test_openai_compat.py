@@ -30,7 +30,7 @@ from common.schemas import (
 from deployments.progress_state import Event
 from ingress.app import create_app
 from ingress.services import IngressServices
-from storage import repository
+from storage import lifecycle, repository
 from storage.db import Database
 from tests.fakes import FakeTracker, make_ingress_services
 
@@ -73,17 +73,22 @@ class FakeRunner:
         db, tracker = self.db, self.tracker
         outcome = self.outcome
         assert outcome is not None
-        for row in repository.claim_tasks(db, worker_id="fake", limit=10, lease_seconds=60):
+        for row in lifecycle.claim(db, worker_id="fake", limit=10, lease_seconds=60):
             self.params.append(TaskParams.model_validate(row.params))
             state = tracker.state(row.id)
             assert state is not None
             if isinstance(outcome, Transcript):
-                repository.complete_task(
-                    db, task_id=row.id, result=outcome, timings=Timings(), seq=1
+                lifecycle.finish(
+                    db,
+                    status=TaskStatus.completed,
+                    task_id=row.id,
+                    result=outcome,
+                    timings=Timings(),
+                    seq=1,
                 )
                 state.finish(TaskStatus.completed)
             else:
-                repository.fail_task(db, task_id=row.id, error=outcome, seq=1)
+                lifecycle.finish(db, status=TaskStatus.failed, task_id=row.id, error=outcome, seq=1)
                 state.finish(TaskStatus.failed, outcome)
             tracker.changed.set()
 
