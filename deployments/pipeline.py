@@ -170,6 +170,8 @@ class TaskPipeline:
             return TaskOutcome(status, duration, error, timings)
         except OutcomeWriteFailed as failed:
             cause = failed.__cause__ or failed
+            if isinstance(cause, OutcomeWriteError) and cause.__cause__ is not None:
+                cause = cause.__cause__  # what the sink met (the database's own error)
             err = OutcomeNotRecordedError(
                 "The task finished but its outcome could not be saved. Please submit it again.",
                 f"recording '{status.value}' failed {self._record_attempts} times: "

@@ -141,13 +141,11 @@ class Tracker(FakeTracker):
                 )
         return state.events_after(after_seq)
 
-    async def cancel(self, task_id: str) -> TaskStatus | None:
-        status = await asyncio.to_thread(repository.request_cancel, self.db, task_id=task_id)
+    async def finished(self, task_id: str, status: TaskStatus, error: Any = None) -> None:
+        """The terminal event, after the (fake) runner wrote the row."""
         state = await asyncio.to_thread(self.state, task_id)
-        if status is TaskStatus.cancelled and state is not None:
-            state.finish(TaskStatus.cancelled)
+        if state is not None and state.finish(status, error) is not None:
             await self.publish()
-        return status
 
 
 class FakeRunner:
@@ -166,9 +164,19 @@ class FakeRunner:
         self.hold.set()
         self.hold_after = TaskProgressStage.transcribing
         self._running: set[asyncio.Task[None]] = set()
+        self._stopping: set[str] = set()  # running tasks the user cancelled
 
-    def task_ended(self, task_id: str) -> None:
-        """A queued task was cancelled by the ingress (the real runner sends its callback)."""
+    async def cancel(self, task_id: str) -> TaskStatus | None:
+        """As the real runner: a queued task ends now, a running one stops at its next step
+        (the real one is cancelled at once; this one checks between steps, from memory)."""
+        outcome = await asyncio.to_thread(lifecycle.cancel, self.db, task_id=task_id)
+        if outcome is None:
+            return None
+        if outcome.ended_now:
+            await self.tracker.finished(task_id, TaskStatus.cancelled)
+        elif outcome.status is TaskStatus.processing:
+            self._stopping.add(task_id)
+        return outcome.status
 
     def notify(self) -> None:  # called by the ingress, on the server's loop
         task = asyncio.get_running_loop().create_task(self._claim())
@@ -233,8 +241,7 @@ class FakeRunner:
         await tracker.publish()
 
     async def _cancelled(self, task_id: str, state: TaskProgressState) -> bool:
-        flagged = await asyncio.to_thread(repository.cancel_requested, self.db, task_ids=[task_id])
-        if task_id not in flagged and not state.status.terminal:
+        if task_id not in self._stopping and not state.status.terminal:
             return False
         if not state.status.terminal:
             await asyncio.to_thread(

@@ -142,7 +142,8 @@ async def test_cancel_running_task_is_requested(
     lifecycle.claim(services.db, worker_id="w", limit=1, lease_seconds=30)
     r = await client.post(f"/task/{task_id}/cancel")
     assert r.status_code == 200 and r.json()["status"] != "cancelled"  # the runner finishes it
-    assert repository.cancel_requested(services.db, task_ids=[task_id]) == {task_id}
+    assert lifecycle.cancel_requested(services.db, task_id=task_id)
+    assert services.runner.stopping == [task_id]  # type: ignore[attr-defined]  # asked the runner
 
 
 async def test_delete_removes_row_and_audio(

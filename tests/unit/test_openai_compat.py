@@ -32,7 +32,7 @@ from ingress.app import create_app
 from ingress.services import IngressServices
 from storage import lifecycle, repository
 from storage.db import Database
-from tests.fakes import FakeTracker, make_ingress_services
+from tests.fakes import FakeTracker, Notifier, make_ingress_services
 
 TRANSCRIPT = Transcript(
     language="en",
@@ -56,11 +56,12 @@ TRANSCRIPT = Transcript(
 )
 
 
-class FakeRunner:
+class FakeRunner(Notifier):
     """Claims every queued task when notified and completes (or fails) it."""
 
     def __init__(self, db: Database, tracker: FakeTracker) -> None:
-        self.db, self.tracker = db, tracker
+        super().__init__(db, tracker)
+        self._db, self.tracker = db, tracker
         self.outcome: Transcript | TaskError | None = TRANSCRIPT
         self.params: list[TaskParams] = []
 
@@ -70,7 +71,7 @@ class FakeRunner:
 
     async def _finish_all(self) -> None:
         await asyncio.sleep(0.05)  # the route is waiting by now (either order works)
-        db, tracker = self.db, self.tracker
+        db, tracker = self._db, self.tracker
         outcome = self.outcome
         assert outcome is not None
         for row in lifecycle.claim(db, worker_id="fake", limit=10, lease_seconds=60):
