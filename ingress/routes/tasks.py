@@ -133,9 +133,10 @@ async def get_task(identifier: str, services: ServicesDep, caller: CallerDep) ->
     tags=["Tasks Management"],
     summary="Cancel a queued or running task",
     description=(
-        "A queued task is cancelled at once. A running task stops at its next safe point "
-        "(between stages, or the model's next progress step) and then ends `cancelled`; "
-        "watchers get a `cancelled` event. Cancelling a finished task changes nothing."
+        "A queued task is cancelled at once. A running task is stopped at once (its model "
+        "call is cancelled; the model stops at its next progress step) and then ends "
+        "`cancelled`; watchers get a `cancelled` event. Cancelling a finished task changes "
+        "nothing."
     ),
     responses=error_responses(404, 503),
 )
