@@ -124,7 +124,7 @@ class TaskOutcomes:
                 )
                 return False
             status, error = public.status, public.error
-        await self._publish(task_id, status, error)
+        await self.publish(task_id, status, error)
         return written
 
     async def _terminal_seq(self, task_id: str) -> int | None:
@@ -137,7 +137,8 @@ class TaskOutcomes:
             return None
         return snap.seq + 1 if snap is not None else None
 
-    async def _publish(self, task_id: str, status: TaskStatus, error: TaskError | None) -> None:
+    async def publish(self, task_id: str, status: TaskStatus, error: TaskError | None) -> None:
+        """The terminal event of a task whose row is final (never raises for the tracker)."""
         try:
             await self._progress.finished(task_id, status, error)
         except TRACKER_ERRORS:
@@ -258,7 +259,7 @@ class TaskRunner:
             row = await asyncio.to_thread(repository.get_task, self._db, task_id=task_id)
             if row is not None:
                 metrics.record_finished(row.task_type, TaskStatus.cancelled.value)
-            await self._outcomes._publish(task_id, TaskStatus.cancelled, None)
+            await self._outcomes.publish(task_id, TaskStatus.cancelled, None)
             self._spawn(self._send_callback(task_id))
         elif outcome.status is TaskStatus.processing and not held:
             try:  # the replica holding it waits for this; if it is lost, the flag stays
