@@ -131,6 +131,17 @@ class ProgressSink(Protocol):
     ) -> None: ...
     async def note(self, task_id: str, message: str) -> None: ...
     async def report(self, task_id: str, stage: TaskProgressStage, percentage: float) -> None: ...
+
+
+class OutcomeWriteError(Exception):
+    """An ``OutcomeSink`` could not write the outcome (its database did not answer or
+    refused); the same write may be tried again. The cause is chained."""
+
+
+class OutcomeSink(Protocol):
+    """Where the pipeline records how a task ended: the TaskRunner, which writes the
+    transition (``storage.lifecycle``) and then has the tracker publish it; or a fake."""
+
     async def finish(
         self,
         task_id: str,
@@ -139,7 +150,10 @@ class ProgressSink(Protocol):
         result: Transcript | None = None,
         error: TaskError | None = None,
         timings: Timings | None = None,
-    ) -> bool: ...
+    ) -> bool:
+        """Write the task's final state, then publish it; False if it was already final
+        (or its run lost the task). Raises ``OutcomeWriteError`` when the write failed."""
+        ...
 
 
 class ProgressClient:
@@ -161,19 +175,20 @@ class ProgressClient:
         """A running stage's own 0-100 percentage (the tracker keeps it monotonic)."""
         await self._actor.report.remote(task_id, stage.value, percentage)
 
-    async def finish(
-        self,
-        task_id: str,
-        status: TaskStatus,
-        *,
-        result: Transcript | None = None,
-        error: TaskError | None = None,
-        timings: Timings | None = None,
-    ) -> bool:
-        written: bool = await self._actor.finish.remote(
-            task_id, status.value, result=result, error=error, timings=timings
-        )
-        return written
+    async def finished(
+        self, task_id: str, status: TaskStatus, error: TaskError | None = None
+    ) -> None:
+        """Publish the terminal event; the runner has written the row."""
+        await self._actor.finished.remote(task_id, status.value, error)
+
+    async def request_cancel(self, task_id: str) -> None:
+        """Signal the runner replica holding ``task_id`` (its ``wait_cancelled`` returns)."""
+        await self._actor.request_cancel.remote(task_id)
+
+    async def wait_cancelled(self, task_id: str, timeout_s: float) -> bool:
+        """True once ``task_id``'s cancellation is requested; False when it finished first
+        or ``timeout_s`` passed."""
+        return bool(await self._actor.wait_cancelled.remote(task_id, timeout_s))
 
     async def snapshot(self, task_id: str) -> TaskSnapshot | None:
         snap: TaskSnapshot | None = await self._actor.snapshot.remote(task_id)
@@ -190,10 +205,6 @@ class ProgressClient:
     async def ping(self) -> bool:
         return bool(await self._actor.ping.remote())
 
-    async def cancel(self, task_id: str) -> TaskStatus | None:
-        status: TaskStatus | None = await self._actor.cancel.remote(task_id)
-        return status
-
     async def forget(self, task_id: str) -> None:
         await self._actor.forget.remote(task_id)
 
@@ -206,6 +217,9 @@ class RunnerClient:
         """Wake the runner to claim new work now (fire and forget)."""
         self._handle.notify.remote()
 
-    def task_ended(self, task_id: str) -> None:
-        """Tell the runner a task ended without it (fire and forget): it sends the callback."""
-        self._handle.task_ended.remote(task_id)
+    async def cancel(self, task_id: str) -> TaskStatus | None:
+        """A user's cancel, taken by one runner replica: a queued task ends ``cancelled``
+        now, a running one is stopped by the replica that holds it. Returns the task's
+        status afterwards (``None``: unknown task)."""
+        status: TaskStatus | None = await self._handle.cancel.remote(task_id)
+        return status

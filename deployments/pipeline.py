@@ -3,6 +3,11 @@
 Plain orchestration over typed clients (no Ray import), so it is unit-tested with fakes.
 Word timestamps: wav2vec2 forced alignment when an aligner exists for the language;
 otherwise Whisper's own cross-attention timings, and the transcript says which it is.
+
+The pipeline writes no task state itself: it reports progress to a ``ProgressSink`` and
+hands the outcome to an ``OutcomeSink`` (the TaskRunner, the one owner of the lifecycle).
+A user's cancel arrives as asyncio cancellation of ``run``; the runner says whether a
+cancellation was the user's (``cancelled_by_user``) or its own stop (lost lease, shutdown).
 """
 
 from __future__ import annotations
@@ -34,7 +39,14 @@ from common.schemas import (
     WarningCode,
 )
 from deployments.audio import AudioRef, DecodedAudio
-from deployments.clients import Aligner, Diarizer, ProgressSink, Transcriber
+from deployments.clients import (
+    Aligner,
+    Diarizer,
+    OutcomeSink,
+    OutcomeWriteError,
+    ProgressSink,
+    Transcriber,
+)
 from deployments.model_stream import ProgressFn
 
 logger = logging.getLogger(__name__)
@@ -42,13 +54,14 @@ logger = logging.getLogger(__name__)
 Decoder = Callable[[str], Awaitable[DecodedAudio]]
 """Blob key → the decoded samples (by reference) and their duration."""
 DurationSink = Callable[[str, float], Awaitable[None]]
-CancelCheck = Callable[[str], Awaitable[bool]]
+CancelledByUser = Callable[[str], bool]
 T = TypeVar("T")
 _NO_ALIGNER = "No wav2vec2 aligner for '{language}': word times from Whisper"
 
 
 class TaskCancelled(Exception):
-    """Raised at a safe point (between stages) once the task's cancellation was requested."""
+    """Raised at a safe point (between stages) when the user's cancel is known but the
+    asyncio cancellation that carries it was swallowed on the way (defence in depth)."""
 
 
 class OutcomeWriteFailed(Exception):
@@ -83,24 +96,24 @@ class TaskPipeline:
         align: Aligner,
         diarize: Diarizer,
         progress: ProgressSink,
+        outcomes: OutcomeSink,
         decode: Decoder,
         default_language: str | None = None,
         model_languages: dict[str, str | None] | None = None,
         record_duration: DurationSink | None = None,
-        cancel_requested: CancelCheck | None = None,
         stage_retries: int = 2,
         stage_retry_backoff_s: float = 1.0,
         record_attempts: int = 4,
         record_backoff_s: float = 0.5,
-        cancelled_by_user: Callable[[str], bool] | None = None,
+        cancelled_by_user: CancelledByUser | None = None,
     ) -> None:
         self._asr, self._align, self._diarize = asr, align, diarize
         self._progress = progress
+        self._outcomes = outcomes
         self._decode = decode
         self._default_language = default_language
         self._model_languages = model_languages or {}
         self._record_duration = record_duration
-        self._cancel_requested = cancel_requested
         self._stage_retries = stage_retries
         self._retry_backoff = stage_retry_backoff_s
         self._record_attempts = max(1, record_attempts)
@@ -128,7 +141,7 @@ class TaskPipeline:
             transcript = await self._process(task, audio, timings)
             status = TaskStatus.completed
         except (asyncio.CancelledError, TaskCancelled) as exc:
-            if isinstance(exc, asyncio.CancelledError) and not await self._user_cancelled(task):
+            if isinstance(exc, asyncio.CancelledError) and not self._user_cancelled(task):
                 raise  # the runner stopped the task (lost lease, shutdown): not the user's cancel
             logger.info("task cancelled", extra={"task_id": task.task_id})
             status = TaskStatus.cancelled
@@ -160,6 +173,8 @@ class TaskPipeline:
             return TaskOutcome(status, duration, error, timings)
         except OutcomeWriteFailed as failed:
             cause = failed.__cause__ or failed
+            if isinstance(cause, OutcomeWriteError) and cause.__cause__ is not None:
+                cause = cause.__cause__  # what the sink met (the database's own error)
             err = OutcomeNotRecordedError(
                 "The task finished but its outcome could not be saved. Please submit it again.",
                 f"recording '{status.value}' failed {self._record_attempts} times: "
@@ -179,15 +194,15 @@ class TaskPipeline:
         error: TaskError | None = None,
         timings: Timings | None = None,
     ) -> None:
-        """``progress.finish`` with bounded retries; ``OutcomeWriteFailed`` after the last.
+        """``outcomes.finish`` with bounded retries; ``OutcomeWriteFailed`` after the last.
         A repeated write is harmless: an already finished task is left as it is."""
         for attempt in range(1, self._record_attempts + 1):
             try:
-                await self._progress.finish(
+                await self._outcomes.finish(
                     task.task_id, status, result=result, error=error, timings=timings
                 )
                 return
-            except Exception as exc:  # the tracker or its database: retry the write
+            except OutcomeWriteError as exc:  # the database did not take it: write again
                 if attempt == self._record_attempts:
                     raise OutcomeWriteFailed(task.task_id) from exc
                 delay = self._record_backoff * 2 ** (attempt - 1)
@@ -203,12 +218,11 @@ class TaskPipeline:
                 )
                 await asyncio.sleep(delay)
 
-    async def _user_cancelled(self, task: TaskInput) -> bool:
+    def _user_cancelled(self, task: TaskInput) -> bool:
         """Whether a cancellation of the run came from the user's cancel: the runner says so
-        from memory, so a database hiccup here never turns a cancel into a runner stop."""
-        if self._cancelled_by_user is not None and self._cancelled_by_user(task.task_id):
-            return True
-        return await self._is_cancelled(task)
+        from memory (no database read), so a database hiccup never turns a user's cancel
+        into a runner stop, nor a runner stop into a cancel."""
+        return self._cancelled_by_user is not None and self._cancelled_by_user(task.task_id)
 
     def _fixed_language(self, model: str | None) -> str | None:
         """The language a model always transcribes (``asr.language``, or English for an
@@ -220,18 +234,10 @@ class TaskPipeline:
             return self._model_languages[model]
         return self._default_language
 
-    async def _is_cancelled(self, task: TaskInput) -> bool:
-        if self._cancel_requested is None:
-            return False
-        try:
-            return await self._cancel_requested(task.task_id)
-        except Exception:
-            logger.warning("cancel check failed", extra={"task_id": task.task_id}, exc_info=True)
-            return False
-
     async def _checkpoint(self, task: TaskInput) -> None:
-        """A safe point: stop here if the user cancelled the task."""
-        if await self._is_cancelled(task):
+        """A safe point between stages: stop if the user's cancel is known but its asyncio
+        cancellation did not arrive (swallowed by a library). Memory only, no I/O."""
+        if self._user_cancelled(task):
             raise TaskCancelled(task.task_id)
 
     async def _process(self, task: TaskInput, audio: AudioRef, timings: Timings) -> Transcript:

@@ -2,10 +2,14 @@
 
 Every progress change of every task goes through it. It keeps a bounded event log per task
 with a monotonic ``seq``, wakes WebSocket handlers that wait in ``events_after`` (no
-sleeping loops), and mirrors progress to SQL: on every stage change, at a bounded rate
-inside a stage, and the terminal state before the terminal event is published, so a
-client that sees ``completed`` can read the result at once. The database is the durable
-copy: after a restart the actor rebuilds a task's state from its row on first use.
+sleeping loops), and mirrors in-stage progress to SQL: on every stage change and at a
+bounded rate inside a stage. It writes no status and no result: the TaskRunner owns the
+lifecycle (``storage.lifecycle``) and calls ``finished`` after it wrote the terminal row,
+so a client that sees ``completed`` can read the result at once. The database is the
+durable copy: after a restart the actor rebuilds a task's state from its row on first use.
+
+It also carries cancel signals to the runner replica that holds a task: that runner holds
+a ``wait_cancelled`` call per running task, answered the moment ``request_cancel`` comes.
 """
 
 from __future__ import annotations
@@ -25,8 +29,6 @@ from common.schemas import (
     TaskProgressStage,
     TaskSnapshot,
     TaskStatus,
-    Timings,
-    Transcript,
 )
 from common.settings import Settings
 from deployments.events_bus import EventsBusConfig
@@ -67,6 +69,7 @@ class ProgressTracker:
         self._changed: dict[str, asyncio.Condition] = {}
         self._mirrored: dict[str, tuple[float, TaskProgressStage]] = {}
         self._weights = dict(STAGE_WEIGHTS)  # learned from completed tasks on this cluster
+        self._cancels: dict[str, asyncio.Future[bool]] = {}  # cancel signals, per running task
         # Copies every logged event to Redis in the background (never blocks progress).
         self._bus = EventPublisher(events_bus, self._logged) if events_bus else None
 
@@ -97,65 +100,41 @@ class ProgressTracker:
         if state is not None:
             await self._publish(state, state.report(TaskProgressStage(stage), percentage, message))
 
-    async def finish(
-        self,
-        task_id: str,
-        status: str,
-        *,
-        result: Transcript | None = None,
-        error: TaskError | None = None,
-        timings: Timings | None = None,
-    ) -> bool:
-        """Persist the terminal state, then publish the terminal event.
+    async def finished(self, task_id: str, status: str, error: TaskError | None = None) -> None:
+        """Publish the terminal event of a task whose runner has written its row.
 
-        Returns False if the task was already terminal.
+        The runner writes the outcome (``storage.lifecycle``) first, so a client that sees
+        ``completed`` can read the result at once; the result itself never passes through
+        here. Anything still waiting for the task's cancellation is let go.
         """
+        self._release_cancel(task_id, False)
         state = await self._state(task_id)
         if state is None or state.status.terminal:
-            return False
-        final = TaskStatus(status)
-        seq = state.seq + 1
-        if final is TaskStatus.completed:
-            assert result is not None, "a completed task needs a result"
-            written = await asyncio.to_thread(
-                repository.complete_task,
-                self._db,
-                task_id=task_id,
-                result=result,
-                timings=timings or Timings(),
-                seq=seq,
-            )
-        elif final is TaskStatus.cancelled:
-            written = await asyncio.to_thread(
-                repository.cancel_task, self._db, task_id=task_id, timings=timings, seq=seq
-            )
-        else:
-            err = error or TaskError(error_code="internal", user_message="The task failed.")
-            written = await asyncio.to_thread(
-                repository.fail_task, self._db, task_id=task_id, error=err, timings=timings, seq=seq
-            )
-        if not written:
-            logger.warning(
-                "task %s was already terminal in the database", task_id, extra={"task_id": task_id}
-            )
-        if state.finish(final, error) is not None:
+            return
+        if state.finish(TaskStatus(status), error) is not None:
             await self._notify(state)
         if durations := state.stage_durations():
             self._weights = learn_weights(self._weights, durations)
-        return written
 
-    async def cancel(self, task_id: str) -> TaskStatus | None:
-        """Cancel a task: a queued one ends now; a running one is flagged in the database and
-        its runner stops it at the next safe point, then finishes it as ``cancelled``.
+    async def request_cancel(self, task_id: str) -> None:
+        """Signal the runner that holds ``task_id`` to stop it (``wait_cancelled``).
 
-        Returns the task's status afterwards, or ``None`` for an unknown task.
-        """
-        status = await asyncio.to_thread(repository.request_cancel, self._db, task_id=task_id)
-        if status is TaskStatus.cancelled:
-            state = await self._state(task_id)
-            if state is not None and state.finish(TaskStatus.cancelled) is not None:
-                await self._notify(state)
-        return status
+        The runner that took the user's cancel sends this after flagging the row, so a
+        signal lost with this process is found in the database by the next watch."""
+        future = self._cancel_future(task_id)
+        if not future.done():
+            future.set_result(True)
+
+    async def wait_cancelled(self, task_id: str, timeout_s: float) -> bool:
+        """Held by the runner of a running task: True as soon as its cancellation is
+        requested; False when the task finished, was forgotten, or ``timeout_s`` passed."""
+        state = self._states.get(task_id)
+        if state is not None and state.status.terminal:
+            return False
+        future = self._cancel_future(task_id)
+        with contextlib.suppress(TimeoutError):
+            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
+        return False
 
     async def stage_weights(self) -> dict[str, float]:
         """Current learned share of each stage (for operators and tests)."""
@@ -229,6 +208,18 @@ class ProgressTracker:
             state.seq = max(state.seq, await self._bus.last_seq(task_id))
         return self._states.setdefault(task_id, state)
 
+    def _cancel_future(self, task_id: str) -> asyncio.Future[bool]:
+        future = self._cancels.get(task_id)
+        if future is None:
+            future = self._cancels[task_id] = asyncio.get_running_loop().create_future()
+        return future
+
+    def _release_cancel(self, task_id: str, cancelled: bool) -> None:
+        """Answer every ``wait_cancelled`` of the task with ``cancelled`` and drop its signal."""
+        future = self._cancels.pop(task_id, None)
+        if future is not None and not future.done():
+            future.set_result(cancelled)
+
     def _condition(self, task_id: str) -> asyncio.Condition:
         return self._changed.setdefault(task_id, asyncio.Condition())
 
@@ -283,6 +274,7 @@ class ProgressTracker:
         self._states.pop(task_id, None)
         self._changed.pop(task_id, None)
         self._mirrored.pop(task_id, None)
+        self._release_cancel(task_id, False)
 
     def _evict_finished(self) -> None:
         horizon = time.monotonic() - self._retain

@@ -6,6 +6,24 @@ the lease runs out and any runner (a restarted replica included) claims the task
 After ``max_attempts`` interrupted runs the task is failed with a clear error instead.
 The ingress wakes the runner with ``notify()`` when it accepts a task; a slow periodic
 scan is only the safety net.
+
+**The runner owns the task lifecycle.** Every status transition (claim, renew, release,
+finish, cancel: ``storage.lifecycle``) is made here and nowhere else, because the runner is
+the only component that holds a lease on a task, so the only one that knows whether a
+transition is still valid (a run that lost its lease must not end a task another runner
+took over) and the only one that can stop a run before writing ``cancelled``. The ingress
+only creates rows and forwards a user's cancel (``cancel()``); the ProgressTracker keeps
+live progress and publishes the terminal event once the row is written.
+
+**Cancellation is pushed, not polled.** ``cancel()`` reaches one replica (any of them). It
+flags the row (a queued task ends ``cancelled`` at once), stops the run at once if this
+replica holds it, and otherwise signals the tracker, where the replica that holds the task
+waits in one long-held ``wait_cancelled`` call per running task: that call returns, the
+runner cancels the run's asyncio task, and the cancellation travels down the model call
+(Serve cancels the request in the replica). The signal survives a tracker restart: the
+held call then fails, and the runner reads the row's flag once before it waits again. A run
+that has not stopped ``CANCEL_GRACE_SECONDS`` later is recorded cancelled and abandoned, so
+a cancel always ends the task and frees its slot.
 """
 
 from __future__ import annotations
@@ -20,25 +38,119 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ray import serve
+from ray.exceptions import RayError
+from ray.serve.exceptions import RayServeException
+from sqlalchemy.exc import SQLAlchemyError
 
 from common import metrics
 from common.config import RunnerConfig
 from common.errors import TaskInterruptedError
 from common.logs import bind, configure_service_logging
-from common.schemas import TaskError, TaskParams, TaskStatus, TaskType
+from common.schemas import TaskError, TaskParams, TaskStatus, TaskType, Timings, Transcript
 from common.settings import Settings
 from deployments.audio import RayDecoder, require_shared_blob_store
-from deployments.clients import AlignClient, AsrClient, DiarizeClient, ProgressClient
+from deployments.clients import (
+    AlignClient,
+    AsrClient,
+    DiarizeClient,
+    OutcomeWriteError,
+    ProgressClient,
+)
 from deployments.pipeline import TaskInput, TaskOutcome, TaskPipeline
 from deployments.progress import get_or_create_tracker
-from storage import api_keys, repository
+from storage import api_keys, lifecycle, repository
 from storage.blobs import blob_store_from
 from storage.db import Database, migrate
 
 logger = logging.getLogger(__name__)
 
-CANCEL_GRACE_POLLS = 5
-"""Polls a cancelled run gets to stop by itself before the runner records it cancelled."""
+CANCEL_GRACE_SECONDS = 10.0
+"""Time a cancelled run gets to stop by itself before the runner records it cancelled."""
+CANCEL_WAIT_SECONDS = 60.0
+"""Longest one held ``wait_cancelled`` call lasts before it is sent again (bounded, so a
+tracker that hangs instead of dying cannot hold a cancel back for ever)."""
+TRACKER_ERRORS: tuple[type[Exception], ...] = (RayError, RayServeException)
+"""What a call to the tracker raises when the tracker is away (restarting, unreachable)."""
+_WATCH_ERRORS: tuple[type[Exception], ...] = (SQLAlchemyError, *TRACKER_ERRORS)
+
+
+class TaskOutcomes:
+    """The runner's ``OutcomeSink``: writes a task's terminal transition, then has the
+    tracker publish it, so a client that sees the terminal event can read the row at once.
+
+    The result goes to the database once, from here; the tracker gets status and error only.
+    """
+
+    def __init__(self, db: Database, progress: ProgressClient, worker_id: str | None) -> None:
+        self._db = db
+        self._progress = progress
+        self._worker_id = worker_id
+
+    async def finish(
+        self,
+        task_id: str,
+        status: TaskStatus,
+        *,
+        result: Transcript | None = None,
+        error: TaskError | None = None,
+        timings: Timings | None = None,
+    ) -> bool:
+        seq = await self._terminal_seq(task_id)
+        try:
+            written = await asyncio.to_thread(
+                lifecycle.finish,
+                self._db,
+                task_id=task_id,
+                status=status,
+                result=result,
+                error=error,
+                timings=timings,
+                seq=seq,
+                worker_id=self._worker_id,
+            )
+            if not written:
+                # Already final (an earlier attempt of this write got through, or it was
+                # abandoned as cancelled) or no longer ours: publish what the row says.
+                row = await asyncio.to_thread(repository.get_task, self._db, task_id=task_id)
+        except SQLAlchemyError as exc:
+            raise OutcomeWriteError(task_id) from exc
+        if not written:
+            public = row.to_public() if row is not None else None
+            if public is None or not public.status.terminal:
+                logger.warning(
+                    "task %s is no longer held by this runner; its outcome was dropped",
+                    task_id,
+                    extra={"task_id": task_id},
+                )
+                return False
+            status, error = public.status, public.error
+        await self.publish(task_id, status, error)
+        return written
+
+    async def _terminal_seq(self, task_id: str) -> int | None:
+        """The seq the tracker will give the terminal event, stored with the row so a
+        tracker rebuilt from it replays that event under the same number."""
+        try:
+            snap = await self._progress.snapshot(task_id)
+        except TRACKER_ERRORS:
+            logger.warning("tracker away; terminal seq not known", exc_info=True)
+            return None
+        return snap.seq + 1 if snap is not None else None
+
+    async def publish(self, task_id: str, status: TaskStatus, error: TaskError | None) -> None:
+        """The terminal event of a task whose row is final (never raises for the tracker)."""
+        try:
+            await self._progress.finished(task_id, status, error)
+        except TRACKER_ERRORS:
+            # The row is final: a restarted tracker rebuilds the task from it and replays
+            # the terminal event to every stream, so nothing is lost by not retrying here.
+            logger.warning(
+                "tracker away; task %s is %s in the database only",
+                task_id,
+                status.value,
+                extra={"task_id": task_id},
+                exc_info=True,
+            )
 
 
 @serve.deployment(name="TaskRunner", max_ongoing_requests=1000)
@@ -57,16 +169,12 @@ class TaskRunner:
         settings = Settings()
         configure_service_logging(settings.log_level)
         url = settings.resolved_database_url()
-        self._db = Database(url)
+        db = Database(url)
         # before anything else: several nodes on a node-local store would lose uploads
-        require_shared_blob_store(blob_store_from(settings, self._db))
+        require_shared_blob_store(blob_store_from(settings, db))
         await asyncio.to_thread(migrate, url)
-        self._config = config
-        self._allow_networks = settings.url_fetch_allow_networks
-        signing = settings.callback_signing_secret
-        self._signing_secret = signing.get_secret_value() if signing else None
-        self._worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self._progress = ProgressClient(
+        worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        progress = ProgressClient(
             get_or_create_tracker(
                 app_name,
                 url,
@@ -74,44 +182,52 @@ class TaskRunner:
                 settings=settings,
             )
         )
+        self._setup(db, config, progress, worker_id, settings)
         self._pipeline = TaskPipeline(
             asr=AsrClient(asr),
             align=AlignClient(alignment),
             diarize=DiarizeClient(diarization),
             progress=self._progress,
+            outcomes=self._outcomes,
             decode=RayDecoder(num_cpus=config.decode_num_cpus),
             default_language=default_language,
             model_languages=model_languages,
             record_duration=self._record_duration,
-            cancel_requested=self._cancel_requested,
             stage_retries=config.stage_retries,
             stage_retry_backoff_s=config.stage_retry_backoff_seconds,
-            cancelled_by_user=lambda task_id: task_id in self._stopping,
+            cancelled_by_user=self._stopping.__contains__,
         )
-        self._inflight: dict[str, asyncio.Task[None]] = {}
-        self._stopping: dict[str, float] = {}  # cancelled on request: since when (loop time)
-        self._callbacks: set[asyncio.Task[None]] = set()
-        self._wake = asyncio.Event()
         self._claim_loop = asyncio.create_task(self._claim_forever())
         self._lease_loop = asyncio.create_task(self._renew_forever())
-        self._cancel_loop = asyncio.create_task(self._watch_cancellations())
         logger.info("task runner %s started", self._worker_id)
+
+    def _setup(
+        self,
+        db: Database,
+        config: RunnerConfig,
+        progress: ProgressClient,
+        worker_id: str,
+        settings: Settings,
+    ) -> None:
+        """The state every method uses (apart from the pipeline and the loops), so tests
+        can build a runner without Serve."""
+        self._allow_networks = settings.url_fetch_allow_networks
+        signing = settings.callback_signing_secret
+        self._signing_secret = signing.get_secret_value() if signing else None
+        self._db = db
+        self._config = config
+        self._worker_id = worker_id
+        self._progress = progress
+        self._outcomes = TaskOutcomes(db, progress, worker_id)
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._stopping: dict[str, float] = {}  # cancelled by the user: since when (loop time)
+        self._background: set[asyncio.Task[None]] = set()  # callbacks, cancel watches, timers
+        self._wake = asyncio.Event()
 
     async def _record_duration(self, task_id: str, duration: float) -> None:
         await asyncio.to_thread(
             repository.set_audio_duration, self._db, task_id=task_id, duration=duration
         )
-
-    async def _cancel_requested(self, task_id: str) -> bool:
-        return task_id in await asyncio.to_thread(
-            repository.cancel_requested, self._db, task_ids=[task_id]
-        )
-
-    async def task_ended(self, task_id: str) -> None:
-        """A task ended outside any runner (cancelled while queued): send its callback."""
-        ended = asyncio.create_task(self._send_callback(task_id))
-        self._callbacks.add(ended)
-        ended.add_done_callback(self._callbacks.discard)
 
     async def notify(self) -> None:
         self._wake.set()
@@ -119,24 +235,71 @@ class TaskRunner:
     async def inflight(self) -> list[str]:
         return sorted(self._inflight)
 
+    async def cancel(self, task_id: str) -> TaskStatus | None:
+        """A user's cancel (``POST /task/{id}/cancel``, or a delete), on whichever replica
+        the handle picked. Returns the task's status afterwards; ``None``: unknown task.
+
+        A run held here is stopped first, from memory, so a database hiccup can neither
+        hold the cancel back nor make it look like a runner stop."""
+        held = task_id in self._inflight
+        if held:
+            self._stop_for_user(task_id)
+        try:
+            outcome = await asyncio.to_thread(lifecycle.cancel, self._db, task_id=task_id)
+        except SQLAlchemyError:
+            if not held:
+                raise
+            logger.warning(
+                "flagging the cancel of task %s failed; its run is stopped anyway",
+                task_id,
+                extra={"task_id": task_id},
+                exc_info=True,
+            )
+            return TaskStatus.processing
+        if outcome is None:
+            return None
+        if outcome.ended_now:  # it was queued: no run to stop, and no runner will see it
+            row = await asyncio.to_thread(repository.get_task, self._db, task_id=task_id)
+            if row is not None:
+                metrics.record_finished(row.task_type, TaskStatus.cancelled.value)
+            await self._outcomes.publish(task_id, TaskStatus.cancelled, None)
+            self._spawn(self._send_callback(task_id))
+        elif outcome.status is TaskStatus.processing and not held:
+            try:  # the replica holding it waits for this; if it is lost, the flag stays
+                await self._progress.request_cancel(task_id)
+            except TRACKER_ERRORS:
+                logger.warning(
+                    "tracker away: task %s stops when its runner next reads the flag",
+                    task_id,
+                    extra={"task_id": task_id},
+                    exc_info=True,
+                )
+        return outcome.status
+
     async def __del__(self) -> None:
         """Graceful shutdown (redeploy, scale-down): hand claimed tasks back to the queue now
         instead of letting them wait for their leases to run out."""
-        for loop in (self._claim_loop, self._lease_loop, self._cancel_loop):
+        for loop in (self._claim_loop, self._lease_loop, *self._background):
             loop.cancel()
         for task_id, running in list(self._inflight.items()):
             running.cancel()
             released = await asyncio.to_thread(
-                repository.release_task, self._db, task_id=task_id, worker_id=self._worker_id
+                lifecycle.release, self._db, task_id=task_id, worker_id=self._worker_id
             )
             logger.info("released task %s: %s", task_id, released, extra={"task_id": task_id})
 
     def check_health(self) -> None:
-        for loop in (self._claim_loop, self._lease_loop, self._cancel_loop):
+        for loop in (self._claim_loop, self._lease_loop):
             if loop.done():
                 raise RuntimeError(
                     f"runner loop stopped: {'cancelled' if loop.cancelled() else loop.exception()}"
                 )
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     # ------------------------------------------------------------------ loops
 
@@ -147,7 +310,7 @@ class TaskRunner:
             self._wake.clear()
             try:
                 await self._claim_once()
-            except Exception:
+            except SQLAlchemyError:
                 logger.exception("claiming tasks failed; retrying")
             if loop.time() - measured >= self._config.poll_interval_seconds:
                 measured = loop.time()
@@ -160,7 +323,7 @@ class TaskRunner:
         if free <= 0:
             return
         rows = await asyncio.to_thread(
-            repository.claim_tasks,
+            lifecycle.claim,
             self._db,
             worker_id=self._worker_id,
             limit=free,
@@ -169,15 +332,22 @@ class TaskRunner:
         for row in rows:
             if row.id in self._inflight:  # our own run whose lease expired: it still runs
                 continue
-            self._inflight[row.id] = asyncio.create_task(self._run(row))
+            self._start(row)
         metrics.record_in_flight(len(self._inflight))
+
+    def _start(self, row: Any) -> None:
+        """Run a claimed task, and watch for its cancellation while it runs."""
+        run = asyncio.create_task(self._run(row))
+        self._inflight[row.id] = run
+        watch = self._spawn(self._watch_cancel(row.id))
+        run.add_done_callback(lambda _: watch.cancel())
 
     async def _measure_queue(self) -> None:
         """Queue depth, oldest queued age and this replica's tasks in flight, as metrics."""
         metrics.record_in_flight(len(self._inflight))
         try:
             depth, oldest = await asyncio.to_thread(repository.queue_stats, self._db)
-        except Exception:
+        except SQLAlchemyError:
             logger.debug("queue stats failed", exc_info=True)
             return
         age = (datetime.now(UTC) - oldest).total_seconds() if oldest is not None else 0.0
@@ -191,13 +361,13 @@ class TaskRunner:
             sent = list(self._inflight)
             try:
                 held = await asyncio.to_thread(
-                    repository.renew_leases,
+                    lifecycle.renew,
                     self._db,
                     worker_id=self._worker_id,
                     task_ids=sent,
                     lease_seconds=self._config.lease_seconds,
                 )
-            except Exception:
+            except SQLAlchemyError:
                 logger.exception("renewing leases failed")
                 continue
             # Only tasks asked about and still running: one claimed during the renewal was
@@ -208,56 +378,69 @@ class TaskRunner:
                 )
                 self._inflight[task_id].cancel()
 
-    async def _watch_cancellations(self) -> None:
-        """Stop running tasks whose cancellation was requested (``POST /task/{id}/cancel``).
+    # ------------------------------------------------------------------ cancellation
 
-        Cancelling the pipeline's coroutine cancels the deployment call it awaits; Serve
-        passes that on to the replica, whose model stops at its next progress callback.
-        The pipeline then records the task as cancelled. A run that has not stopped
-        ``CANCEL_GRACE_POLLS`` polls later is finished as cancelled here and abandoned, so a
-        cancellation always ends the task and frees its slot.
-        """
-        loop = asyncio.get_running_loop()
-        grace = CANCEL_GRACE_POLLS * self._config.poll_interval_seconds
-        while True:
-            await asyncio.sleep(self._config.poll_interval_seconds)
-            running = [t for t, task in self._inflight.items() if not task.done()]
-            if not running:
-                continue
+    async def _watch_cancel(self, task_id: str) -> None:
+        """While ``task_id`` runs here: one held ``wait_cancelled`` call on the tracker,
+        answered the moment another replica takes the user's cancel. Before each (re)start
+        of the wait the row's flag is read once, so a cancel whose signal was lost with a
+        tracker restart (or sent before this run began) still arrives."""
+        failures = 0
+        while task_id in self._inflight:
             try:
-                wanted = await asyncio.to_thread(
-                    repository.cancel_requested, self._db, task_ids=running
-                )
-            except Exception:
-                logger.exception("checking cancellations failed")
-                continue
-            now = loop.time()
-            for task_id in wanted:
-                first = self._stopping.setdefault(task_id, now)
-                if first == now:
+                if await asyncio.to_thread(
+                    lifecycle.cancel_requested, self._db, task_id=task_id
+                ) or await self._progress.wait_cancelled(task_id, CANCEL_WAIT_SECONDS):
                     logger.info("cancelling task %s", task_id, extra={"task_id": task_id})
-                    self._inflight[task_id].cancel()
-                elif now - first > grace:
-                    await self._abandon(task_id)
+                    self._stop_for_user(task_id)
+                    return
+                failures = 0
+            except _WATCH_ERRORS as exc:
+                failures += 1
+                delay = min(0.25 * 2**failures, 5.0)
+                logger.warning(
+                    "watching task %s for a cancel failed (%s); again in %.1fs",
+                    task_id,
+                    type(exc).__name__,
+                    delay,
+                    extra={"task_id": task_id},
+                )
+                await asyncio.sleep(delay)
 
-    async def _abandon(self, task_id: str) -> None:
+    def _stop_for_user(self, task_id: str) -> None:
+        """Cancel the run's asyncio task now (the pipeline records it ``cancelled``), and
+        abandon it ``CANCEL_GRACE_SECONDS`` later if it has not stopped by then."""
+        running = self._inflight.get(task_id)
+        if running is None or running.done() or task_id in self._stopping:
+            return
+        self._stopping[task_id] = asyncio.get_running_loop().time()
+        running.cancel()
+        self._spawn(self._abandon_unless_stopped(task_id, running))
+
+    async def _abandon_unless_stopped(self, task_id: str, running: asyncio.Task[None]) -> None:
+        await asyncio.wait({running}, timeout=CANCEL_GRACE_SECONDS)
+        if not running.done():
+            await self._abandon(task_id, running)
+
+    async def _abandon(self, task_id: str, running: asyncio.Task[None]) -> None:
         logger.warning(
             "task %s did not stop after its cancellation; recording it cancelled",
             task_id,
             extra={"task_id": task_id},
         )
-        running = self._inflight.pop(task_id, None)
+        if self._inflight.get(task_id) is running:
+            del self._inflight[task_id]
         self._stopping.pop(task_id, None)
-        if running is not None:
-            running.cancel()
+        running.cancel()
         try:
-            if await self._progress.finish(task_id, TaskStatus.cancelled):
+            if await self._outcomes.finish(task_id, TaskStatus.cancelled):
                 row = await asyncio.to_thread(repository.get_task, self._db, task_id=task_id)
                 if row is not None:
                     metrics.record_finished(row.task_type, TaskStatus.cancelled.value)
-        except Exception:
+        except (OutcomeWriteError, SQLAlchemyError):
             logger.exception("recording cancellation of %s failed", task_id)
         self._wake.set()
+        await self._send_callback(task_id)
 
     # ------------------------------------------------------------------ one task
 
@@ -275,7 +458,7 @@ class TaskRunner:
                     f"runner lost the task {row.attempts - 1} times "
                     f"(max_attempts={self._config.max_attempts})",
                 )
-                await self._progress.finish(
+                await self._outcomes.finish(
                     task_id, TaskStatus.failed, error=TaskError.from_exception(err)
                 )
                 metrics.record_finished(row.task_type, "failed", error_code=err.code)
@@ -298,16 +481,19 @@ class TaskRunner:
             _record_outcome(row.task_type, outcome)
         except asyncio.CancelledError:
             logger.warning("task %s stopped", task_id, extra={"task_id": task_id})
-        except Exception:
+        except Exception:  # the top of a task: whatever it was, log it with its traceback
             # Even recording the failure failed (the pipeline retries outcome writes): the
             # lease runs out and the task is claimed again, not left `processing` forever.
             logger.exception("task %s could not be finished", task_id, extra={"task_id": task_id})
         finally:
-            self._inflight.pop(task_id, None)
-            self._stopping.pop(task_id, None)
+            mine = self._inflight.get(task_id) is asyncio.current_task()
+            if mine:  # not abandoned after a cancel (the abandoning side has done all this)
+                del self._inflight[task_id]
+                self._stopping.pop(task_id, None)
             metrics.record_in_flight(len(self._inflight))
             self._wake.set()
-            await self._send_callback(task_id)  # after freeing the slot; never raises
+            if mine:
+                await self._send_callback(task_id)  # after freeing the slot; never raises
 
     async def _send_callback(self, task_id: str) -> None:
         """POST the final task to its ``callback_url``, if it ended and has one.

@@ -18,7 +18,7 @@ from common.settings import Settings
 from deployments.progress_state import Event, TaskProgressState
 from ingress.services import EventStreamReader, IngressServices, ProgressReader
 from ingress.services import Notifier as RunnerLink
-from storage import repository
+from storage import lifecycle, repository
 from storage.blobs import blob_store_from
 from storage.db import Database, migrate
 
@@ -58,27 +58,39 @@ class FakeTracker:
     async def forget(self, task_id: str) -> None:
         self.states.pop(task_id, None)
 
-    async def cancel(self, task_id: str) -> TaskStatus | None:
-        status = repository.request_cancel(self.db, task_id=task_id)
+    async def finished(self, task_id: str, status: TaskStatus, error: Any = None) -> None:
+        """The terminal event, published after the (fake) runner wrote the row."""
         state = self.state(task_id)
-        if status is TaskStatus.cancelled and state is not None:
-            state.finish(TaskStatus.cancelled)
+        if state is not None and state.finish(status, error) is not None:
             self.changed.set()
-        return status
 
 
 class Notifier:
-    """Stands in for the TaskRunner handle: counts wake-ups and records ended tasks."""
+    """Stands in for the TaskRunner handle: counts wake-ups, and takes cancels the way the
+    runner does (``storage.lifecycle``; a queued task ends now and its callback is "sent",
+    recorded in ``ended``; a running one is flagged, recorded in ``stopping``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, db: Database | None = None, tracker: Any = None) -> None:
+        self.db, self.tracker = db, tracker
         self.count = 0
         self.ended: list[str] = []
+        self.stopping: list[str] = []
 
     def notify(self) -> None:
         self.count += 1
 
-    def task_ended(self, task_id: str) -> None:
-        self.ended.append(task_id)
+    async def cancel(self, task_id: str) -> TaskStatus | None:
+        assert self.db is not None, "a Notifier built without a database takes no cancels"
+        outcome = await asyncio.to_thread(lifecycle.cancel, self.db, task_id=task_id)
+        if outcome is None:
+            return None
+        if outcome.ended_now:
+            if self.tracker is not None and hasattr(self.tracker, "finished"):
+                await self.tracker.finished(task_id, TaskStatus.cancelled)
+            self.ended.append(task_id)
+        elif outcome.status is TaskStatus.processing:
+            self.stopping.append(task_id)
+        return outcome.status
 
 
 def make_ingress_services(
@@ -116,7 +128,7 @@ def make_ingress_services(
         db=db,
         blobs=blob_store_from(settings_, db),
         progress=progress,
-        runner=runner(db, progress) if runner else Notifier(),
+        runner=runner(db, progress) if runner else Notifier(db, progress),
         deployments_ready=deployments_ready,
         ws_wait_seconds=ws_wait_seconds,
         events=events,

@@ -10,7 +10,6 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Query, Request, UploadFile
 from pydantic import BeforeValidator
 
-from common import metrics
 from common.schemas import (
     TaskAccepted,
     TaskDeleted,
@@ -133,20 +132,19 @@ async def get_task(identifier: str, services: ServicesDep, caller: CallerDep) ->
     tags=["Tasks Management"],
     summary="Cancel a queued or running task",
     description=(
-        "A queued task is cancelled at once. A running task stops at its next safe point "
-        "(between stages, or the model's next progress step) and then ends `cancelled`; "
-        "watchers get a `cancelled` event. Cancelling a finished task changes nothing."
+        "A queued task is cancelled at once. A running task is stopped at once (its model "
+        "call is cancelled; the model stops at its next progress step) and then ends "
+        "`cancelled`; watchers get a `cancelled` event. Cancelling a finished task changes "
+        "nothing."
     ),
     responses=error_responses(404, 503),
 )
 async def cancel_task(identifier: str, services: ServicesDep, caller: CallerDep) -> TaskProgress:
-    before = await visible_task(services.db, caller, identifier)
-    status = await services.progress.cancel(identifier)
-    if status is None:
+    await visible_task(services.db, caller, identifier)
+    # The runner makes the transition (and publishes it, and sends the callback of a task
+    # that was still queued) before it answers, so the progress read below shows it.
+    if await services.runner.cancel(identifier) is None:
         raise task_not_found(identifier)
-    if before.status == TaskStatus.queued.value and status is TaskStatus.cancelled:
-        services.runner.task_ended(identifier)  # no runner had it: the runner sends the callback
-        metrics.record_finished(before.task_type, TaskStatus.cancelled.value)
     return await get_task_progress(identifier, services, caller)
 
 
@@ -162,9 +160,10 @@ async def delete_task(identifier: str, services: ServicesDep, caller: CallerDep)
     row = await visible_task(services.db, caller, identifier)
     if not TaskStatus(row.status).terminal:
         try:
-            await services.progress.cancel(identifier)
-        except Exception:  # the row goes anyway; a runner finds nothing to finish
-            logger.warning("could not cancel task %s before deleting it", identifier)
+            await services.runner.cancel(identifier)
+        except Exception:  # whatever stopped the cancel: the row goes anyway, and the run
+            # that still holds it finds nothing to finish
+            logger.warning("could not cancel task %s before deleting it", identifier, exc_info=True)
     deleted = await asyncio.to_thread(repository.delete_task, services.db, task_id=identifier)
     if deleted is None:
         raise task_not_found(identifier)
@@ -173,7 +172,7 @@ async def delete_task(identifier: str, services: ServicesDep, caller: CallerDep)
     try:
         await services.progress.forget(identifier)
     except Exception:  # its live state is evicted later anyway
-        logger.warning("tracker could not drop deleted task %s", identifier)
+        logger.warning("tracker could not drop deleted task %s", identifier, exc_info=True)
     logger.info("task %s deleted", identifier, extra={"task_id": identifier})
     return TaskDeleted(identifier=identifier, message="Task deleted")
 

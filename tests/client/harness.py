@@ -39,7 +39,7 @@ from common.schemas import (
 from deployments.progress_state import Event, TaskProgressState, state_from_row
 from ingress.app import create_app
 from ingress.services import IngressServices
-from storage import repository
+from storage import lifecycle, repository
 from storage.db import Database
 from tests.fakes import FakeTracker, make_ingress_services
 from tests.ports import free_port
@@ -141,13 +141,11 @@ class Tracker(FakeTracker):
                 )
         return state.events_after(after_seq)
 
-    async def cancel(self, task_id: str) -> TaskStatus | None:
-        status = await asyncio.to_thread(repository.request_cancel, self.db, task_id=task_id)
+    async def finished(self, task_id: str, status: TaskStatus, error: Any = None) -> None:
+        """The terminal event, after the (fake) runner wrote the row."""
         state = await asyncio.to_thread(self.state, task_id)
-        if status is TaskStatus.cancelled and state is not None:
-            state.finish(TaskStatus.cancelled)
+        if state is not None and state.finish(status, error) is not None:
             await self.publish()
-        return status
 
 
 class FakeRunner:
@@ -166,9 +164,19 @@ class FakeRunner:
         self.hold.set()
         self.hold_after = TaskProgressStage.transcribing
         self._running: set[asyncio.Task[None]] = set()
+        self._stopping: set[str] = set()  # running tasks the user cancelled
 
-    def task_ended(self, task_id: str) -> None:
-        """A queued task was cancelled by the ingress (the real runner sends its callback)."""
+    async def cancel(self, task_id: str) -> TaskStatus | None:
+        """As the real runner: a queued task ends now, a running one stops at its next step
+        (the real one is cancelled at once; this one checks between steps, from memory)."""
+        outcome = await asyncio.to_thread(lifecycle.cancel, self.db, task_id=task_id)
+        if outcome is None:
+            return None
+        if outcome.ended_now:
+            await self.tracker.finished(task_id, TaskStatus.cancelled)
+        elif outcome.status is TaskStatus.processing:
+            self._stopping.add(task_id)
+        return outcome.status
 
     def notify(self) -> None:  # called by the ingress, on the server's loop
         task = asyncio.get_running_loop().create_task(self._claim())
@@ -177,7 +185,7 @@ class FakeRunner:
 
     async def _claim(self) -> None:
         rows = await asyncio.to_thread(
-            repository.claim_tasks, self.db, worker_id="fake", limit=100, lease_seconds=600
+            lifecycle.claim, self.db, worker_id="fake", limit=100, lease_seconds=600
         )
         for row in rows:
             task = asyncio.get_running_loop().create_task(self._run(row.id, row.file_name))
@@ -208,7 +216,12 @@ class FakeRunner:
                     technical_detail="RuntimeError: fake runner told to fail",
                 )
                 await asyncio.to_thread(
-                    repository.fail_task, db, task_id=task_id, error=error, seq=state.seq + 1
+                    lifecycle.finish,
+                    db,
+                    status=TaskStatus.failed,
+                    task_id=task_id,
+                    error=error,
+                    seq=state.seq + 1,
                 )
                 state.finish(TaskStatus.failed, error)
                 await tracker.publish()
@@ -216,8 +229,9 @@ class FakeRunner:
             if stage is self.hold_after:
                 await asyncio.to_thread(self.hold.wait)
         await asyncio.to_thread(
-            repository.complete_task,
+            lifecycle.finish,
             db,
+            status=TaskStatus.completed,
             task_id=task_id,
             result=CANNED,
             timings=Timings(total=0.1),
@@ -227,12 +241,15 @@ class FakeRunner:
         await tracker.publish()
 
     async def _cancelled(self, task_id: str, state: TaskProgressState) -> bool:
-        flagged = await asyncio.to_thread(repository.cancel_requested, self.db, task_ids=[task_id])
-        if task_id not in flagged and not state.status.terminal:
+        if task_id not in self._stopping and not state.status.terminal:
             return False
         if not state.status.terminal:
             await asyncio.to_thread(
-                repository.cancel_task, self.db, task_id=task_id, seq=state.seq + 1
+                lifecycle.finish,
+                self.db,
+                status=TaskStatus.cancelled,
+                task_id=task_id,
+                seq=state.seq + 1,
             )
             state.finish(TaskStatus.cancelled)
             await self.tracker.publish()

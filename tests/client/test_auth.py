@@ -13,9 +13,9 @@ import pytest
 from whisperx_serve_client import APIError, Client, TaskNotFound
 
 from common.config import CallerLimits
-from common.schemas import TaskParams, TaskType
+from common.schemas import TaskParams, TaskStatus, TaskType
 from ingress.auth import create_key
-from storage import repository
+from storage import lifecycle, repository
 from tests.client.harness import CANNED, Live, live_server
 from tests.waiting import wait_until
 
@@ -87,7 +87,7 @@ def test_client_waits_out_a_503_for_the_queue_bound(tmp_path: Path, jfk_path: Pa
 
         def drain() -> None:
             wait_until(lambda: _posts(live) >= 1, timeout=30, what="a refused POST")
-            repository.cancel_task(live.services.db, task_id="blocker")
+            lifecycle.finish(live.services.db, status=TaskStatus.cancelled, task_id="blocker")
             live.runner.hold.set()
 
         drainer = threading.Thread(target=drain)

@@ -136,11 +136,18 @@ def test_ws_from_the_tracker_alone_ends_across_restarts(service: Service, tmp_pa
     from starlette.testclient import TestClient
     from starlette.websockets import WebSocketDisconnect
 
-    from common.schemas import Segment, TaskParams, TaskProgressStage, TaskType, Transcript
+    from common.schemas import (
+        Segment,
+        TaskParams,
+        TaskProgressStage,
+        TaskStatus,
+        TaskType,
+        Transcript,
+    )
     from deployments.clients import ProgressClient
     from deployments.progress import get_or_create_tracker
     from ingress.app import create_app
-    from storage import repository
+    from storage import lifecycle, repository
     from tests.fakes import make_ingress_services
 
     url = f"sqlite:///{tmp_path / 'ingress.db'}"
@@ -157,7 +164,7 @@ def test_ws_from_the_tracker_alone_ends_across_restarts(service: Service, tmp_pa
         file_name=None,
         audio_key=None,
     )
-    repository.claim_tasks(services.db, worker_id="w", limit=1, lease_seconds=600)
+    lifecycle.claim(services.db, worker_id="w", limit=1, lease_seconds=600)
     diarizing = TaskProgressStage.diarizing.value
     try:
         ray.get(actor.start.remote("t", [TaskProgressStage.transcribing.value, diarizing]))
@@ -185,7 +192,17 @@ def test_ws_from_the_tracker_alone_ends_across_restarts(service: Service, tmp_pa
             if pct in (40, 60):
                 _sigkill_and_wait_restart(actor)
         result = Transcript(language="en", segments=[Segment(start=0, end=1, text=" hi")])
-        assert ray.get(actor.finish.remote("t", "completed", result=result))
+        # as the runner does: the row first (with the terminal event's seq), then the event
+        seq = ray.get(actor.snapshot.remote("t")).seq + 1
+        assert lifecycle.finish(
+            services.db,
+            task_id="t",
+            status=TaskStatus.completed,
+            result=result,
+            seq=seq,
+            worker_id="w",
+        )
+        ray.get(actor.finished.remote("t", "completed"))
         watcher.join(timeout=60)
         assert not watcher.is_alive(), f"the watcher still waits; it has {frames[-2:]}"
         seqs = _assert_ends_in_order(frames, closed[0] if closed else None)

@@ -26,10 +26,11 @@ from common.schemas import (
     Timings,
     Transcript,
 )
-from storage import Database, migrate
+from storage import Database, lifecycle, migrate
 from storage import repository as repo
 from storage.db import downgrade
 from storage.models import Base
+from tests.unit.test_lifecycle import CASES as LIFECYCLE_CASES
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
@@ -117,7 +118,7 @@ def test_lifecycle_and_public_round_trip(db: Database) -> None:
     _new(db, "t")
     row = repo.get_task(db, task_id="t")
     assert row is not None and row.created_at.tzinfo is not None
-    (claimed,) = repo.claim_tasks(db, worker_id="w", limit=5, lease_seconds=30)
+    (claimed,) = lifecycle.claim(db, worker_id="w", limit=5, lease_seconds=30)
     assert claimed.status == "processing" and claimed.attempts == 1
     assert claimed.started_at is not None and claimed.started_at.utcoffset() == timedelta(0)
     stage = TaskProgressStage.transcribing
@@ -127,8 +128,12 @@ def test_lifecycle_and_public_round_trip(db: Database) -> None:
     repo.set_audio_duration(db, task_id="t", duration=3.5)
     transcript = Transcript.model_validate({"language": "en", "segments": []})
     timings = Timings(total=2.0)
-    assert repo.complete_task(db, task_id="t", result=transcript, timings=timings, seq=5)
-    assert not repo.fail_task(db, task_id="t", error=TaskError(error_code="x", user_message="y"))
+    assert lifecycle.finish(
+        db, status=TaskStatus.completed, task_id="t", result=transcript, timings=timings, seq=5
+    )
+    assert not lifecycle.finish(
+        db, status=TaskStatus.failed, task_id="t", error=TaskError(error_code="x", user_message="y")
+    )
     assert not repo.update_progress(db, task_id="t", stage=stage, percentage=50, seq=6)
     done = repo.get_task(db, task_id="t")
     assert done is not None
@@ -139,7 +144,7 @@ def test_lifecycle_and_public_round_trip(db: Database) -> None:
 
     _new(db, "f")
     error = TaskError(error_code="invalid_audio", user_message="Bad", technical_detail="d")
-    assert repo.fail_task(db, task_id="f", error=error)
+    assert lifecycle.finish(db, status=TaskStatus.failed, task_id="f", error=error)
     failed = repo.get_task(db, task_id="f")
     assert failed is not None and failed.to_public().error == error
     assert failed.progress_stage == "queued"
@@ -152,16 +157,16 @@ def test_leases_reclaim_renew_release(db: Database) -> None:
     _new(db, "a")
     _new(db, "b")
     t0 = datetime.now(UTC)
-    repo.claim_tasks(db, worker_id="dead", limit=1, lease_seconds=10, now=t0)
-    repo.claim_tasks(db, worker_id="live", limit=1, lease_seconds=10, now=t0)
+    lifecycle.claim(db, worker_id="dead", limit=1, lease_seconds=10, now=t0)
+    lifecycle.claim(db, worker_id="live", limit=1, lease_seconds=10, now=t0)
     soon = t0 + timedelta(seconds=5)
-    assert repo.claim_tasks(db, worker_id="x", limit=5, lease_seconds=10, now=soon) == []
-    assert repo.renew_leases(db, worker_id="live", task_ids=["a", "b"], lease_seconds=60) == {"b"}
+    assert lifecycle.claim(db, worker_id="x", limit=5, lease_seconds=10, now=soon) == []
+    assert lifecycle.renew(db, worker_id="live", task_ids=["a", "b"], lease_seconds=60) == {"b"}
     later = t0 + timedelta(seconds=11)
-    (again,) = repo.claim_tasks(db, worker_id="new", limit=5, lease_seconds=10, now=later)
+    (again,) = lifecycle.claim(db, worker_id="new", limit=5, lease_seconds=10, now=later)
     assert again.id == "a" and again.attempts == 2 and again.started_at == t0
-    assert not repo.release_task(db, task_id="a", worker_id="dead")
-    assert repo.release_task(db, task_id="a", worker_id="new")
+    assert not lifecycle.release(db, task_id="a", worker_id="dead")
+    assert lifecycle.release(db, task_id="a", worker_id="new")
     row = repo.get_task(db, task_id="a")
     assert row is not None and row.status == "queued" and row.claimed_by is None
 
@@ -175,7 +180,7 @@ def test_claim_race_each_task_claimed_exactly_once(db: Database, pg_url: str) ->
     def worker(k: int) -> None:
         own = Database(pg_url)
         try:
-            while rows := repo.claim_tasks(own, worker_id=f"w{k}", limit=3, lease_seconds=60):
+            while rows := lifecycle.claim(own, worker_id=f"w{k}", limit=3, lease_seconds=60):
                 with lock:
                     claims.extend(r.id for r in rows)
         finally:
@@ -227,7 +232,7 @@ def test_upgrade_from_0001_keeps_rows(pg_url: str) -> None:
     ]
     transcript = Transcript.model_validate({"language": "en", "segments": []})
     assert rows[0].to_public().result == transcript and rows[0].progress_seq == 4
-    assert repo.request_cancel(db, task_id="old-1") is TaskStatus.cancelled
+    assert lifecycle.cancel(db, task_id="old-1") == (TaskStatus.cancelled, True)
     kind = repo.TaskFilter(task_type=TaskType.speech_to_text)
     assert repo.list_tasks(db, filters=kind)[1] == 3
     db.dispose()
@@ -239,7 +244,7 @@ def test_concurrent_progress_terminal_and_cancel_writes(db: Database, pg_url: st
     n = 12
     for i in range(n):
         _new(db, f"r{i}")
-    repo.claim_tasks(db, worker_id="w", limit=n, lease_seconds=60)
+    lifecycle.claim(db, worker_id="w", limit=n, lease_seconds=60)
     stage = TaskProgressStage.transcribing
     transcript = Transcript.model_validate({"language": "en", "segments": []})
     outcomes: dict[str, list[str]] = {f"r{i}": [] for i in range(n)}
@@ -250,16 +255,23 @@ def test_concurrent_progress_terminal_and_cancel_writes(db: Database, pg_url: st
         try:
             for i in range(n):
                 task_id = f"r{i}"
-                if k == 0 and repo.complete_task(
-                    own, task_id=task_id, result=transcript, timings=Timings(), seq=100
+                if k == 0 and lifecycle.finish(
+                    own,
+                    status=TaskStatus.completed,
+                    task_id=task_id,
+                    result=transcript,
+                    timings=Timings(),
+                    seq=100,
                 ):
                     with lock:
                         outcomes[task_id].append("completed")
-                elif k == 1 and repo.cancel_task(own, task_id=task_id, seq=100):
+                elif k == 1 and lifecycle.finish(
+                    own, status=TaskStatus.cancelled, task_id=task_id, seq=100
+                ):
                     with lock:
                         outcomes[task_id].append("cancelled")
                 elif k == 2:
-                    repo.request_cancel(own, task_id=task_id)
+                    lifecycle.cancel(own, task_id=task_id)
                 else:
                     for seq in range(1, 30):
                         repo.update_progress(
@@ -329,3 +341,9 @@ def test_0006_keeps_the_errors_of_rows_the_old_schema_wrote(pg_url: str) -> None
     ]
     assert "error" not in names
     db.dispose()
+
+
+@pytest.mark.parametrize("case", LIFECYCLE_CASES, ids=lambda c: c.__name__)
+def test_lifecycle_on_postgres(db: Database, case: Callable[[Database], None]) -> None:
+    """The same transitions as tests/unit/test_lifecycle.py, on PostgreSQL."""
+    case(db)

@@ -46,7 +46,7 @@ from deployments.progress_state import Event
 from ingress.app import create_app
 from ingress.events_reader import RedisEventReader
 from ingress.services import IngressServices
-from storage import repository
+from storage import lifecycle, repository
 from storage.blobs import LocalBlobStore
 from storage.db import Database, migrate
 from tests.conftest import REPO
@@ -368,7 +368,10 @@ async def test_redis_outage_falls_back_to_the_actor_and_recovers(
     own_redis.start()  # same port, empty: nothing survived
     await eventually(lambda: ready_ok(), what="readiness ok again")
     await tracker.report(task_id, "transcribing", 70)  # seq 8
-    await tracker.finish(task_id, "completed", result=Transcript(language="en"))  # seq 9
+    # the runner writes the row, then the tracker publishes the terminal event (seq 9)
+    done = Transcript(language="en")
+    lifecycle.finish(outage_app.db, task_id=task_id, status=TaskStatus.completed, result=done)
+    await tracker.finished(task_id, "completed")
     # the publisher backfilled what the outage missed: the new stream is whole again
     await eventually(lambda: stored() == list(range(1, 10)), what="backfilled stream")
 
@@ -438,7 +441,7 @@ async def test_restarted_tracker_continues_seq_after_the_stream(
         file_name=None,
         audio_key=None,
     )
-    repository.claim_tasks(db, worker_id="w", limit=1, lease_seconds=60)
+    lifecycle.claim(db, worker_id="w", limit=1, lease_seconds=60)
     stage = TaskProgressStage.transcribing
     repository.update_progress(db, task_id="t", stage=stage, percentage=2.0, seq=2)
     bus = EventsBusConfig(url=own_redis.url, app_name="restart", prefix="t")

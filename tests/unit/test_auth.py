@@ -20,7 +20,7 @@ from ingress import auth
 from ingress.app import create_app
 from ingress.auth import create_key
 from ingress.services import IngressServices
-from storage import api_keys, repository
+from storage import api_keys, lifecycle, repository
 from storage.models import ApiKeyRow
 from storage.quota import Quota, QuotaExceeded
 from tests.fakes import make_ingress_services
@@ -327,7 +327,7 @@ async def test_queue_bound_is_503_and_keeps_what_was_accepted(
         assert over.headers["retry-after"] == "3"
         ids = {r.json()["identifier"] for r in accepted}
         assert {r.id for r in repository.list_tasks(services.db)[0]} == ids
-        repository.claim_tasks(services.db, worker_id="w", limit=1, lease_seconds=60)
+        lifecycle.claim(services.db, worker_id="w", limit=1, lease_seconds=60)
         assert (await submit(c, audio)).status_code == 200  # one left the queue: room again
 
 

@@ -25,7 +25,7 @@ from common.schemas import (
 from deployments.progress_state import state_from_row
 from ingress.app import create_app
 from ingress.services import IngressServices
-from storage import repository
+from storage import lifecycle, repository
 from tests.fakes import FakeTracker, make_ingress_services
 
 T = TaskProgressStage.transcribing
@@ -157,7 +157,9 @@ async def test_a_failed_task_polls_as_its_snapshot_from_the_tracker_and_from_the
             file_name="a.wav",
             audio_key=None,
         )
-        assert repository.fail_task(services.db, task_id="f1", error=error, seq=1)
+        assert lifecycle.finish(
+            services.db, status=TaskStatus.failed, task_id="f1", error=error, seq=1
+        )
         if name == "up":
             state = services.progress.state("f1")  # type: ignore[attr-defined]
             state.finish(TaskStatus.failed, error)

@@ -11,7 +11,7 @@ import pytest
 
 from common.schemas import TaskParams, TaskStatus, TaskType
 from ingress.services import IngressServices
-from storage import repository
+from storage import lifecycle, repository
 from tests.unit.test_ingress import client, services, submit
 
 __all__ = ["client", "services"]  # fixtures shared with test_ingress
@@ -139,10 +139,11 @@ async def test_cancel_running_task_is_requested(
     client: httpx.AsyncClient, services: IngressServices, jfk_path: Path
 ) -> None:
     (task_id,) = await _queued(client, jfk_path, 1)
-    repository.claim_tasks(services.db, worker_id="w", limit=1, lease_seconds=30)
+    lifecycle.claim(services.db, worker_id="w", limit=1, lease_seconds=30)
     r = await client.post(f"/task/{task_id}/cancel")
     assert r.status_code == 200 and r.json()["status"] != "cancelled"  # the runner finishes it
-    assert repository.cancel_requested(services.db, task_ids=[task_id]) == {task_id}
+    assert lifecycle.cancel_requested(services.db, task_id=task_id)
+    assert services.runner.stopping == [task_id]  # type: ignore[attr-defined]  # asked the runner
 
 
 async def test_delete_removes_row_and_audio(

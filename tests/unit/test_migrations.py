@@ -17,7 +17,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Column, Integer, MetaData, Table
 
 from common.schemas import TaskError, TaskParams, TaskStatus, TaskType
-from storage import Database, TaskRow, migrate
+from storage import Database, TaskRow, lifecycle, migrate
 from storage import repository as repo
 from storage.db import downgrade
 from storage.models import Base
@@ -201,7 +201,7 @@ def test_upgrade_from_0001_keeps_every_row(tmp_path: Path) -> None:
     assert rows[2].to_public().result is not None
     assert all(r.inputs is None and r.cancel_requested_at is None for r in rows)
     assert all(r.owner_key_id is None for r in rows)  # 0003: existing tasks have no owner
-    assert repo.request_cancel(db, task_id="t0") is TaskStatus.cancelled  # new column works
+    assert lifecycle.cancel(db, task_id="t0") == (TaskStatus.cancelled, True)  # new column works
     db.dispose()
 
 

@@ -30,9 +30,9 @@ from common.schemas import (
 from deployments.progress_state import Event
 from ingress.app import create_app
 from ingress.services import IngressServices
-from storage import repository
+from storage import lifecycle, repository
 from storage.db import Database
-from tests.fakes import FakeTracker, make_ingress_services
+from tests.fakes import FakeTracker, Notifier, make_ingress_services
 
 TRANSCRIPT = Transcript(
     language="en",
@@ -56,11 +56,12 @@ TRANSCRIPT = Transcript(
 )
 
 
-class FakeRunner:
+class FakeRunner(Notifier):
     """Claims every queued task when notified and completes (or fails) it."""
 
     def __init__(self, db: Database, tracker: FakeTracker) -> None:
-        self.db, self.tracker = db, tracker
+        super().__init__(db, tracker)
+        self._db, self.tracker = db, tracker
         self.outcome: Transcript | TaskError | None = TRANSCRIPT
         self.params: list[TaskParams] = []
 
@@ -70,20 +71,25 @@ class FakeRunner:
 
     async def _finish_all(self) -> None:
         await asyncio.sleep(0.05)  # the route is waiting by now (either order works)
-        db, tracker = self.db, self.tracker
+        db, tracker = self._db, self.tracker
         outcome = self.outcome
         assert outcome is not None
-        for row in repository.claim_tasks(db, worker_id="fake", limit=10, lease_seconds=60):
+        for row in lifecycle.claim(db, worker_id="fake", limit=10, lease_seconds=60):
             self.params.append(TaskParams.model_validate(row.params))
             state = tracker.state(row.id)
             assert state is not None
             if isinstance(outcome, Transcript):
-                repository.complete_task(
-                    db, task_id=row.id, result=outcome, timings=Timings(), seq=1
+                lifecycle.finish(
+                    db,
+                    status=TaskStatus.completed,
+                    task_id=row.id,
+                    result=outcome,
+                    timings=Timings(),
+                    seq=1,
                 )
                 state.finish(TaskStatus.completed)
             else:
-                repository.fail_task(db, task_id=row.id, error=outcome, seq=1)
+                lifecycle.finish(db, status=TaskStatus.failed, task_id=row.id, error=outcome, seq=1)
                 state.finish(TaskStatus.failed, outcome)
             tracker.changed.set()
 

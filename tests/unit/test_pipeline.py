@@ -27,6 +27,7 @@ from common.schemas import (
     Word,
 )
 from deployments.audio import DecodedAudio
+from deployments.clients import OutcomeWriteError
 from deployments.model_stream import ProgressFn
 from deployments.pipeline import TaskInput, TaskPipeline
 
@@ -183,18 +184,12 @@ def make(
         align=align,
         diarize=diar,
         progress=progress,
+        outcomes=progress,
         decode=decode,
         default_language=language,
-        cancel_requested=_cancel_check(cancelled) if cancelled is not None else None,
+        cancelled_by_user=cancelled.__contains__ if cancelled is not None else None,
     )
     return pipeline, asr, align, diar, progress
-
-
-def _cancel_check(cancelled: set[str]) -> Any:
-    async def check(task_id: str) -> bool:
-        return task_id in cancelled
-
-    return check
 
 
 def task(**params: Any) -> TaskInput:
@@ -399,6 +394,7 @@ def _with_asr(asr: FakeAsr, retries: int = 2) -> tuple[TaskPipeline, FakeProgres
         align=align,
         diarize=diar,
         progress=progress,
+        outcomes=progress,
         decode=fixed_decode,
         default_language="en",
         stage_retries=retries,
@@ -446,7 +442,7 @@ class FlakyProgress(FakeProgress):
         if status in self.failing and (self.times is None or self.times > 0):
             if self.times is not None:
                 self.times -= 1
-            raise RuntimeError("database is locked")
+            raise OutcomeWriteError(task_id) from RuntimeError("database is locked")
         return await super().finish(task_id, status, **kw)
 
 
@@ -456,6 +452,7 @@ def _with_progress(progress: FakeProgress, **kw: Any) -> TaskPipeline:
         align=FakeAlign({"en"}),
         diarize=FakeDiarize(),
         progress=progress,
+        outcomes=progress,
         decode=fixed_decode,
         default_language="en",
         record_backoff_s=0.0,
@@ -481,11 +478,11 @@ async def test_an_outcome_that_cannot_be_written_fails_with_its_own_code() -> No
     assert progress.calls[-1] == ("finish", TaskStatus.failed)
 
 
-async def test_a_user_cancel_is_recorded_even_if_the_database_check_fails() -> None:
-    async def check(task_id: str) -> bool:
-        raise RuntimeError("database is locked")
-
-    progress = FakeProgress()
+async def test_a_database_hiccup_during_a_users_cancel_is_not_a_runner_stop() -> None:
+    """The user's cancel arrives as asyncio cancellation; whether it was the user's is known
+    from memory, and the first write of ``cancelled`` failing (the database hiccups) only
+    retries the write: the task ends ``cancelled``, not stopped for a later re-run."""
+    progress = FlakyProgress({TaskStatus.cancelled}, times=1)
     diar = FakeDiarize()
     diar.block = asyncio.Event()
     stopping: set[str] = set()
@@ -494,9 +491,10 @@ async def test_a_user_cancel_is_recorded_even_if_the_database_check_fails() -> N
         align=FakeAlign({"en"}),
         diarize=diar,
         progress=progress,
+        outcomes=progress,
         decode=fixed_decode,
         default_language="en",
-        cancel_requested=check,
+        record_backoff_s=0.0,
         cancelled_by_user=stopping.__contains__,
     )
     running = asyncio.create_task(pipeline.run(task()))
@@ -506,7 +504,26 @@ async def test_a_user_cancel_is_recorded_even_if_the_database_check_fails() -> N
     running.cancel()
     outcome = await running
     assert outcome.status is TaskStatus.cancelled
-    assert progress.calls[-1] == ("finish", TaskStatus.cancelled)
+    assert [c for c in progress.calls if c[0] in ("write", "finish")] == [
+        ("write", TaskStatus.cancelled),
+        ("write", TaskStatus.cancelled),
+        ("finish", TaskStatus.cancelled),
+    ]
+
+
+async def test_an_unexpected_error_from_the_outcome_sink_is_not_retried() -> None:
+    """Only ``OutcomeWriteError`` (the write may be tried again) is retried; a bug in the
+    sink goes to the runner at once, whose top-level catch logs its traceback."""
+
+    class BuggyProgress(FakeProgress):
+        async def finish(self, task_id: str, status: TaskStatus, **kw: Any) -> bool:
+            self.calls.append(("write", status))
+            raise TypeError("a bug")
+
+    progress = BuggyProgress()
+    with pytest.raises(TypeError):
+        await _with_progress(progress).run(task())
+    assert [c for c in progress.calls if c[0] == "write"] == [("write", TaskStatus.completed)]
 
 
 async def test_diarization_whose_replica_died_is_retried_too() -> None:
@@ -528,6 +545,7 @@ async def test_diarization_whose_replica_died_is_retried_too() -> None:
         align=FakeAlign({"en"}),
         diarize=diar,
         progress=progress,
+        outcomes=progress,
         decode=fixed_decode,
         default_language="en",
         stage_retry_backoff_s=0.0,

@@ -23,7 +23,7 @@ from common.schemas import (
     Transcript,
     Word,
 )
-from storage import Database, TaskRow, migrate
+from storage import Database, TaskRow, lifecycle, migrate
 from storage import repository as repo
 
 pytestmark = pytest.mark.unit
@@ -84,7 +84,9 @@ def test_create_get_and_to_public_round_trip(db: Database) -> None:
     assert repo.get_task(db, task_id="missing") is None
 
     timings = Timings(queued=0.5, transcribing=3.0, total=4.0)
-    assert repo.complete_task(db, task_id="a" * 32, result=TRANSCRIPT, timings=timings, seq=9)
+    assert lifecycle.finish(
+        db, status=TaskStatus.completed, task_id="a" * 32, result=TRANSCRIPT, timings=timings, seq=9
+    )
     done = repo.get_task(db, task_id="a" * 32)
     assert done is not None
     public = done.to_public()
@@ -101,13 +103,13 @@ def test_datetimes_are_tz_aware_utc(db: Database) -> None:
     assert abs(datetime.now(UTC) - row.created_at) < timedelta(seconds=30)
     plus2 = timezone(timedelta(hours=2))
     now = datetime(2030, 5, 1, 12, 0, 0, 123456, tzinfo=plus2)
-    (claimed,) = repo.claim_tasks(db, worker_id="w", limit=1, lease_seconds=60, now=now)
+    (claimed,) = lifecycle.claim(db, worker_id="w", limit=1, lease_seconds=60, now=now)
     for value in (claimed.started_at, claimed.lease_expires_at):
         assert value is not None and value.tzinfo is not None
     assert claimed.started_at == now and claimed.started_at.utcoffset() == timedelta(0)
     assert claimed.lease_expires_at == now + timedelta(seconds=60)
     with pytest.raises(Exception, match="naive"):
-        repo.claim_tasks(db, worker_id="w", limit=1, lease_seconds=1, now=datetime(2030, 1, 1))
+        lifecycle.claim(db, worker_id="w", limit=1, lease_seconds=1, now=datetime(2030, 1, 1))
 
 
 def test_list_tasks_newest_first_with_filter_and_paging(db: Database) -> None:
@@ -116,7 +118,7 @@ def test_list_tasks_newest_first_with_filter_and_paging(db: Database) -> None:
     assert _ids(repo.list_tasks(db)) == (["t4", "t3", "t2", "t1", "t0"], 5)
     assert _ids(repo.list_tasks(db, limit=2, offset=1)) == (["t3", "t2"], 5)
     assert _ids(repo.list_tasks(db, limit=2, newest_first=False)) == (["t0", "t1"], 5)
-    repo.claim_tasks(db, worker_id="w", limit=2, lease_seconds=30)
+    lifecycle.claim(db, worker_id="w", limit=2, lease_seconds=30)
     processing = repo.TaskFilter(status=TaskStatus.processing)
     queued = repo.TaskFilter(status=TaskStatus.queued)
     assert _ids(repo.list_tasks(db, filters=processing)) == (["t1", "t0"], 2)
@@ -138,7 +140,7 @@ def test_list_filters_by_type_and_creation_time(db: Database) -> None:
             file_name=None,
             audio_key=None,
         )
-        repo._update(db, f"k{i}", true(), created_at=base + timedelta(hours=i))
+        repo.update_where(db, f"k{i}", true(), created_at=base + timedelta(hours=i))
     diarize = repo.TaskFilter(task_type=TaskType.diarize)
     assert _ids(repo.list_tasks(db, filters=diarize)) == (["k2", "k1"], 2)
     window = repo.TaskFilter(
@@ -147,28 +149,11 @@ def test_list_filters_by_type_and_creation_time(db: Database) -> None:
     assert _ids(repo.list_tasks(db, filters=window)) == (["k1"], 1)
 
 
-def test_cancel_queued_at_once_running_by_request(db: Database) -> None:
-    for i in range(3):
-        _new(db, f"c{i}")
-    repo.claim_tasks(db, worker_id="w", limit=1, lease_seconds=30)  # c0 runs
-    assert repo.request_cancel(db, task_id="c1") is TaskStatus.cancelled
-    assert repo.get_task(db, task_id="c1").status == "cancelled"
-    assert repo.claim_tasks(db, worker_id="w", limit=5, lease_seconds=30)[0].id == "c2"
-    assert repo.request_cancel(db, task_id="c0") is TaskStatus.processing
-    assert repo.cancel_requested(db, task_ids=["c0", "c2", "zz"]) == {"c0"}
-    assert repo.cancel_task(db, task_id="c0", seq=7)
-    row = repo.get_task(db, task_id="c0")
-    assert (row.status, row.progress_seq, row.claimed_by) == ("cancelled", 7, None)
-    assert not repo.cancel_task(db, task_id="c0")  # already terminal
-    assert repo.request_cancel(db, task_id="c0") is TaskStatus.cancelled
-    assert repo.request_cancel(db, task_id="nope") is None
-
-
 def test_queue_position_and_delete(db: Database) -> None:
     for i in range(4):
         _new(db, f"q{i}")
     assert [repo.queue_position(db, task_id=f"q{i}") for i in range(4)] == [1, 2, 3, 4]
-    repo.claim_tasks(db, worker_id="w", limit=1, lease_seconds=30)
+    lifecycle.claim(db, worker_id="w", limit=1, lease_seconds=30)
     assert [repo.queue_position(db, task_id=f"q{i}") for i in range(4)] == [None, 1, 2, 3]
     deleted = repo.delete_task(db, task_id="q2")
     assert deleted is not None and deleted.id == "q2"
@@ -192,7 +177,7 @@ def test_update_progress_is_monotonic(db: Database) -> None:
     error = TaskError(
         error_code="invalid_audio", user_message="Bad file", technical_detail="ffmpeg 1"
     )
-    assert repo.fail_task(db, task_id="t", error=error, seq=5)
+    assert lifecycle.finish(db, status=TaskStatus.failed, task_id="t", error=error, seq=5)
     assert not repo.update_progress(db, task_id="t", stage=al, percentage=90, seq=6)
     row = repo.get_task(db, task_id="t")
     assert row is not None and row.status == "failed" and row.progress_percentage == 40
@@ -222,22 +207,28 @@ def test_complete_and_fail_only_from_non_terminal(db: Database) -> None:
     _new(db, "ok")
     _new(db, "bad")
     stage = TaskProgressStage.diarizing
-    repo.claim_tasks(db, worker_id="w", limit=2, lease_seconds=30)
+    lifecycle.claim(db, worker_id="w", limit=2, lease_seconds=30)
     repo.update_progress(db, task_id="bad", stage=stage, percentage=70, seq=7)
     error = TaskError(
         error_code="model_unavailable", user_message="Try later", technical_detail="oom"
     )
-    assert repo.fail_task(db, task_id="bad", error=error, timings=Timings(total=1.0), seq=8)
-    assert not repo.fail_task(db, task_id="bad", error=error)
-    assert not repo.complete_task(db, task_id="bad", result=TRANSCRIPT, timings=Timings(), seq=9)
+    assert lifecycle.finish(
+        db, status=TaskStatus.failed, task_id="bad", error=error, timings=Timings(total=1.0), seq=8
+    )
+    assert not lifecycle.finish(db, status=TaskStatus.failed, task_id="bad", error=error)
+    assert not lifecycle.finish(
+        db, status=TaskStatus.completed, task_id="bad", result=TRANSCRIPT, timings=Timings(), seq=9
+    )
     bad = repo.get_task(db, task_id="bad")
     assert bad is not None and bad.status == "failed" and bad.completed_at is not None
     assert (bad.progress_stage, bad.progress_percentage, bad.progress_seq) == ("diarizing", 70, 8)
     assert bad.claimed_by is None and bad.lease_expires_at is None
     assert bad.to_public().error == error and bad.to_public().timings.total == 1.0
 
-    assert repo.complete_task(db, task_id="ok", result=TRANSCRIPT, timings=Timings(), seq=3)
-    assert not repo.fail_task(db, task_id="ok", error=error)
+    assert lifecycle.finish(
+        db, status=TaskStatus.completed, task_id="ok", result=TRANSCRIPT, timings=Timings(), seq=3
+    )
+    assert not lifecycle.finish(db, status=TaskStatus.failed, task_id="ok", error=error)
     ok = repo.get_task(db, task_id="ok")
     assert ok is not None and ok.status == "completed" and ok.claimed_by is None
     assert ok.progress_seq == 3 and ok.error is None
@@ -247,29 +238,29 @@ def test_claim_oldest_first_and_sets_lease(db: Database) -> None:
     for i in range(3):
         _new(db, f"t{i}")
     now = datetime.now(UTC)
-    rows = repo.claim_tasks(db, worker_id="w1", limit=2, lease_seconds=30, now=now)
+    rows = lifecycle.claim(db, worker_id="w1", limit=2, lease_seconds=30, now=now)
     assert [r.id for r in rows] == ["t0", "t1"]
     for r in rows:
         assert r.status == "processing" and r.claimed_by == "w1" and r.attempts == 1
         assert r.started_at == now and r.lease_expires_at == now + timedelta(seconds=30)
-    assert [r.id for r in repo.claim_tasks(db, worker_id="w2", limit=5, lease_seconds=30)] == ["t2"]
-    assert repo.claim_tasks(db, worker_id="w2", limit=5, lease_seconds=30) == []
-    assert repo.claim_tasks(db, worker_id="w2", limit=0, lease_seconds=30) == []
+    assert [r.id for r in lifecycle.claim(db, worker_id="w2", limit=5, lease_seconds=30)] == ["t2"]
+    assert lifecycle.claim(db, worker_id="w2", limit=5, lease_seconds=30) == []
+    assert lifecycle.claim(db, worker_id="w2", limit=0, lease_seconds=30) == []
 
 
 def test_expired_lease_is_reclaimed_with_attempts_incremented(db: Database) -> None:
     _new(db, "t")
     t0 = datetime(2031, 1, 1, tzinfo=UTC)
-    (first,) = repo.claim_tasks(db, worker_id="dead", limit=1, lease_seconds=10, now=t0)
+    (first,) = lifecycle.claim(db, worker_id="dead", limit=1, lease_seconds=10, now=t0)
     later = t0 + timedelta(seconds=5)
-    assert repo.claim_tasks(db, worker_id="w2", limit=1, lease_seconds=10, now=later) == []
+    assert lifecycle.claim(db, worker_id="w2", limit=1, lease_seconds=10, now=later) == []
     expired = t0 + timedelta(seconds=11)
-    (again,) = repo.claim_tasks(db, worker_id="w2", limit=1, lease_seconds=10, now=expired)
+    (again,) = lifecycle.claim(db, worker_id="w2", limit=1, lease_seconds=10, now=expired)
     assert again.attempts == 2 and again.claimed_by == "w2" and again.started_at == t0
     assert again.lease_expires_at == expired + timedelta(seconds=10)
     # The dead worker lost it: it can neither renew nor release it any more.
-    assert repo.renew_leases(db, worker_id="dead", task_ids=["t"], lease_seconds=10) == set()
-    assert not repo.release_task(db, task_id="t", worker_id="dead")
+    assert lifecycle.renew(db, worker_id="dead", task_ids=["t"], lease_seconds=10) == set()
+    assert not lifecycle.release(db, task_id="t", worker_id="dead")
     assert first.attempts == 1
 
 
@@ -277,9 +268,9 @@ def test_renew_only_own_leases_and_release(db: Database) -> None:
     for i in range(3):
         _new(db, f"t{i}")
     t0 = datetime.now(UTC)
-    repo.claim_tasks(db, worker_id="a", limit=2, lease_seconds=5, now=t0)
-    repo.claim_tasks(db, worker_id="b", limit=1, lease_seconds=5, now=t0)
-    renewed = repo.renew_leases(
+    lifecycle.claim(db, worker_id="a", limit=2, lease_seconds=5, now=t0)
+    lifecycle.claim(db, worker_id="b", limit=1, lease_seconds=5, now=t0)
+    renewed = lifecycle.renew(
         db, worker_id="a", task_ids=["t0", "t1", "t2", "t0", "zz"], lease_seconds=600
     )
     assert renewed == {"t0", "t1"}
@@ -287,14 +278,14 @@ def test_renew_only_own_leases_and_release(db: Database) -> None:
     assert rows["t0"].lease_expires_at is not None and rows["t2"].lease_expires_at is not None
     assert rows["t0"].lease_expires_at > t0 + timedelta(seconds=500)
     assert rows["t2"].lease_expires_at == t0 + timedelta(seconds=5)
-    assert repo.renew_leases(db, worker_id="a", task_ids=[], lease_seconds=1) == set()
+    assert lifecycle.renew(db, worker_id="a", task_ids=[], lease_seconds=1) == set()
 
-    assert not repo.release_task(db, task_id="t2", worker_id="a")
-    assert repo.release_task(db, task_id="t0", worker_id="a")
+    assert not lifecycle.release(db, task_id="t2", worker_id="a")
+    assert lifecycle.release(db, task_id="t0", worker_id="a")
     row = repo.get_task(db, task_id="t0")
     assert row is not None and row.status == "queued" and row.claimed_by is None
     assert row.lease_expires_at is None and row.attempts == 0  # a hand-back is no failed run
-    (again,) = repo.claim_tasks(db, worker_id="c", limit=1, lease_seconds=5)
+    (again,) = lifecycle.claim(db, worker_id="c", limit=1, lease_seconds=5)
     assert again.id == "t0" and again.attempts == 1
 
 
@@ -311,7 +302,7 @@ def test_claim_race_each_task_claimed_exactly_once(db_url: str) -> None:
         db = Database(db_url)  # own engine: as separate Ray worker processes would
         try:
             barrier.wait()
-            while rows := repo.claim_tasks(db, worker_id=name, limit=3, lease_seconds=60):
+            while rows := lifecycle.claim(db, worker_id=name, limit=3, lease_seconds=60):
                 with lock:
                     claims.extend((r.id, name) for r in rows)
         except BaseException as exc:
@@ -340,9 +331,16 @@ def test_set_audio_duration_and_count_by_status(db: Database) -> None:
     repo.set_audio_duration(db, task_id="missing", duration=1.0)
     row = repo.get_task(db, task_id="t0")
     assert row is not None and row.audio_duration == 61.25
-    repo.claim_tasks(db, worker_id="w", limit=3, lease_seconds=30)
-    repo.complete_task(db, task_id="t0", result=TRANSCRIPT, timings=Timings(), seq=1)
-    repo.fail_task(db, task_id="t1", error=TaskError(error_code="x", user_message="y"))
+    lifecycle.claim(db, worker_id="w", limit=3, lease_seconds=30)
+    lifecycle.finish(
+        db, status=TaskStatus.completed, task_id="t0", result=TRANSCRIPT, timings=Timings(), seq=1
+    )
+    lifecycle.finish(
+        db,
+        status=TaskStatus.failed,
+        task_id="t1",
+        error=TaskError(error_code="x", user_message="y"),
+    )
     assert repo.count_by_status(db) == {
         TaskStatus.queued: 1,
         TaskStatus.processing: 1,
@@ -377,12 +375,12 @@ def test_in_memory_database(tmp_path: Path) -> None:
 
 def test_graceful_release_gives_the_attempt_back(db: Database) -> None:
     _new(db, "g")
-    (claimed,) = repo.claim_tasks(db, worker_id="a", limit=1, lease_seconds=60)
+    (claimed,) = lifecycle.claim(db, worker_id="a", limit=1, lease_seconds=60)
     assert claimed.attempts == 1
-    assert repo.release_task(db, task_id="g", worker_id="a")
+    assert lifecycle.release(db, task_id="g", worker_id="a")
     row = repo.get_task(db, task_id="g")
     assert row is not None and (row.status, row.attempts, row.claimed_by) == ("queued", 0, None)
-    (again,) = repo.claim_tasks(db, worker_id="b", limit=1, lease_seconds=60)
+    (again,) = lifecycle.claim(db, worker_id="b", limit=1, lease_seconds=60)
     assert again.attempts == 1
 
 
@@ -391,7 +389,7 @@ def test_queue_stats_counts_queued_tasks_and_the_oldest(db: Database) -> None:
     _new(db, "q1")
     _new(db, "q2")
     _new(db, "q3")
-    repo.claim_tasks(db, worker_id="w", limit=1, lease_seconds=30)  # one leaves the queue
+    lifecycle.claim(db, worker_id="w", limit=1, lease_seconds=30)  # one leaves the queue
     depth, oldest = repo.queue_stats(db)
     assert depth == 2 and oldest is not None and oldest.tzinfo is not None
     assert timedelta(0) <= datetime.now(UTC) - oldest < timedelta(minutes=1)

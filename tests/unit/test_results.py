@@ -12,6 +12,7 @@ from common.schemas import (
     Segment,
     TaskError,
     TaskParams,
+    TaskStatus,
     TaskType,
     Timings,
     Transcript,
@@ -20,7 +21,7 @@ from common.schemas import (
 from ingress.app import create_app
 from ingress.formats import ResultFormat
 from ingress.services import IngressServices
-from storage import repository
+from storage import lifecycle, repository
 from tests.fakes import make_ingress_services
 
 TRANSCRIPT = Transcript(
@@ -73,8 +74,13 @@ def add_task(
         audio_key=None,
     )
     if result is not None:
-        assert repository.complete_task(
-            services.db, task_id=task_id, result=result, timings=Timings(), seq=5
+        assert lifecycle.finish(
+            services.db,
+            status=TaskStatus.completed,
+            task_id=task_id,
+            result=result,
+            timings=Timings(),
+            seq=5,
         )
 
 
@@ -96,8 +102,9 @@ async def test_failed_task_is_409_naming_its_status(
     client: httpx.AsyncClient, services: IngressServices
 ) -> None:
     add_task(services, "failed1", result=None)
-    repository.fail_task(
+    lifecycle.finish(
         services.db,
+        status=TaskStatus.failed,
         task_id="failed1",
         error=TaskError(error_code="invalid_audio", user_message="bad"),
     )

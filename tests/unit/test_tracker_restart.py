@@ -22,7 +22,7 @@ from common.schemas import (
 from deployments.progress import ProgressTracker
 from deployments.progress_state import Event
 from ingress.app import create_app
-from storage import repository
+from storage import lifecycle, repository
 from storage.db import Database, migrate
 from tests.fakes import FakeTracker, make_ingress_services
 
@@ -41,7 +41,7 @@ async def test_restart_continues_after_the_watchers_cursor(tmp_path: Path) -> No
         file_name=None,
         audio_key=None,
     )
-    repository.claim_tasks(db, worker_id="w", limit=1, lease_seconds=60)
+    lifecycle.claim(db, worker_id="w", limit=1, lease_seconds=60)
     old = ProgressTracker(url, mirror_interval_s=3600)  # in-stage progress never mirrored
     await old.start("t", STAGES)
     await old.enter_stage("t", TaskProgressStage.diarizing.value)
@@ -57,7 +57,18 @@ async def test_restart_continues_after_the_watchers_cursor(tmp_path: Path) -> No
     assert await new.events_after("t", cursor, 0.0) == []  # the watcher asks again
     await new.report("t", TaskProgressStage.diarizing.value, 50)
     result = Transcript(language="en", segments=[Segment(start=0, end=1, text=" hi")])
-    assert await new.finish("t", "completed", result=result, timings=Timings())
+    snap = await new.snapshot("t")  # what the runner reads for the terminal seq
+    assert snap is not None
+    assert lifecycle.finish(
+        db,
+        task_id="t",
+        status=TaskStatus.completed,
+        result=result,
+        timings=Timings(),
+        seq=snap.seq + 1,
+        worker_id="w",
+    )
+    await new.finished("t", "completed")
     after = await new.events_after("t", cursor, 0.0)
     assert after is not None
     assert [e.seq for e in after] == [cursor + 1, cursor + 2]

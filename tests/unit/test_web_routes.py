@@ -11,12 +11,12 @@ from starlette.testclient import TestClient
 
 from common.config import AsrConfig
 from common.errors import RangeNotSatisfiableError
-from common.schemas import Segment, TaskParams, TaskType, Timings, Transcript, Word
+from common.schemas import Segment, TaskParams, TaskStatus, TaskType, Timings, Transcript, Word
 from ingress.app import create_app
 from ingress.catalog import AsrCatalog
 from ingress.media import parse_range
 from ingress.services import IngressServices
-from storage import repository
+from storage import lifecycle, repository
 from tests.unit.test_ingress import client, services, submit
 
 __all__ = ["client", "services"]  # fixtures shared with test_ingress
@@ -218,8 +218,13 @@ def _completed(services: IngressServices, task_id: str = "done") -> str:
         file_name="talk.wav",
         audio_key=None,
     )
-    assert repository.complete_task(
-        services.db, task_id=task_id, result=_two_speakers(), timings=Timings(), seq=5
+    assert lifecycle.finish(
+        services.db,
+        status=TaskStatus.completed,
+        task_id=task_id,
+        result=_two_speakers(),
+        timings=Timings(),
+        seq=5,
     )
     return task_id
 
