@@ -272,6 +272,10 @@ def run(side, clips, *, true_count: bool) -> list[dict]:
             seconds = time.perf_counter() - started
             rows.append(score(clip, turns, mode="true-count" if num else "auto", seconds=seconds))
             r = rows[-1]
+            if counts:  # speech missed by ours vs by the segmentation model's own activity
+                r["our_miss"], r["speech"] = detection_miss(clip, hypothesis(clip["name"], turns))
+                r["seg_miss"], _ = detection_miss(clip, count_timeline(counts[-1]))
+                counts.clear()
             print(
                 f"  {clip['name']:22s} {r['mode']:10s} DER {100 * r['der']:5.1f}% "
                 f"spk {r['found']}/{r['true']} {seconds:5.1f}s",

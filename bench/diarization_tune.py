@@ -85,7 +85,8 @@ def main() -> None:
         pipe.clustering = CosineClustering(
             ClusteringParams(
                 threshold=th, min_cluster_seconds=mcs, min_active_seconds=mas, merge_distance=md
-            )
+            ),
+            engine._config.embedding_stride,
         )
         rows = []
         for clip in clips:

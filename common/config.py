@@ -129,6 +129,12 @@ class DiarizationConfig(_ModelConfig):
     embedding_max_seconds: float | None = Field(None, gt=0.05)
     """Offline parts: embed at most this much of a local speaker's speech per window (the
     middle of it); None embeds all of it. Cuts embedding time on long turns."""
+    embedding_stride: int = Field(3, ge=1, le=5)
+    """Offline parts: embed the local speakers of every N-th segmentation window only (and
+    the last); the others take the clusters of the embedded speakers their activity
+    coincides with in the overlapping windows. Cuts embedding time by N while the turns keep
+    the segmentation step's resolution. At most 5, so the embedded windows still cover every
+    frame."""
     embedding_quantum: int = Field(10, ge=1)
     """Offline parts: a local speaker's active frames are shortened to a multiple of this
     many 10 ms frames, so nearly equal items share a batch without padding."""

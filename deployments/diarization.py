@@ -208,6 +208,7 @@ class DiarizationEngine:
                 campplus=embedding,
                 embedding_quantum=config.embedding_quantum,
                 embedding_max_seconds=config.embedding_max_seconds,
+                embedding_stride=config.embedding_stride,
                 clustering_params=ClusteringParams(
                     threshold=config.clustering_threshold,
                     min_cluster_seconds=config.min_cluster_seconds,

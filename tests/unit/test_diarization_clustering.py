@@ -7,7 +7,7 @@ import pytest
 
 from common.schemas import Segment, SpeakerTurn, Transcript, Word
 from deployments.diarization import assign_speakers
-from deployments.diarization_pipeline import ClusteringParams, cluster_embeddings
+from deployments.diarization_pipeline import ClusteringParams, _propagate, cluster_embeddings
 
 PARAMS = ClusteringParams(threshold=0.45, min_cluster_seconds=5.0, merge_distance=0.3)
 
@@ -80,6 +80,29 @@ TURNS = [
 
 def _transcript(words: list[Word]) -> Transcript:
     return Transcript(segments=[Segment(start=0.5, end=9.5, text="x", words=words)])
+
+
+def test_a_window_not_embedded_takes_the_clusters_its_activity_coincides_with() -> None:
+    # three windows of 100 frames, 30 frames apart; voice A speaks frames 0-120 of the file,
+    # voice B 110-190; the segmentation numbers them differently in each window
+    frames, step = 100, 30
+    data = np.zeros((3, frames, 3))
+
+    def speak(slot_per_window: list[int], start: int, end: int) -> None:
+        for c, slot in enumerate(slot_per_window):
+            lo, hi = max(0, start - c * step), min(frames, end - c * step)
+            if hi > lo:
+                data[c, lo:hi, slot] = 1
+
+    speak([0, 1, 2], 0, 120)  # A
+    speak([1, 0, 0], 110, 190)  # B (absent from window 0)
+    valid = np.zeros((3, 3), dtype=bool)
+    valid[0, 0] = valid[2, 0] = valid[2, 2] = True  # windows 0 and 2 were embedded
+    hard = np.full((3, 3), -2, dtype=np.int8)
+    hard[0, 0], hard[2, 2], hard[2, 0] = 0, 0, 1  # A is cluster 0, B cluster 1
+    active = data.sum(axis=1) > 0
+    _propagate(hard, data, valid, active & ~valid, 2, float(step))
+    assert hard[1, 1] == 0 and hard[1, 0] == 1  # not by slot: slot 0 of window 1 is B
 
 
 def test_words_inside_a_turn_get_its_speaker_even_with_zero_length() -> None:
