@@ -32,7 +32,7 @@ import numpy as np
 from ray import serve
 
 from common.asr_models import resolve_model_path
-from common.config import AsrConfig
+from common.config import AsrConfig, check_replica_device
 from common.errors import (
     ConfigurationError,
     InvalidRequestError,
@@ -536,10 +536,11 @@ def _segment(item: dict[str, Any]) -> Segment:
     )
 
 
-@serve.deployment(name="AsrDeployment", max_ongoing_requests=4)
+@serve.deployment(name="AsrDeployment", max_ongoing_requests=4, ray_actor_options={"num_cpus": 0.5})
 class AsrDeployment:
     def __init__(self, config: AsrConfig, *, app_name: str, models_dir: Path | None = None) -> None:
         configure_service_logging(Settings().log_level)
+        check_replica_device(config.device, "AsrDeployment")
         self._app_name = app_name
         self._engine = AsrEngine(config, models_dir=models_dir)
 

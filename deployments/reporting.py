@@ -20,12 +20,6 @@ logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[float], None]
 
-TRACKER_NAMESPACE = "whisperx_serve"
-
-
-def tracker_name(app_name: str) -> str:
-    return f"{app_name}-progress"
-
 
 class StageReporter:
     """Reports one stage's local percentage (0–100) of one task to the tracker actor."""
@@ -73,29 +67,22 @@ def stage_reporter(
         return None
     tracker = _tracker(app_name)
     if tracker is None:
-        logger.warning(
-            "progress tracker %s not found", tracker_name(app_name), extra={"task_id": task_id}
-        )
+        logger.warning("progress tracker not found", extra={"task_id": task_id})
         return None
     return StageReporter(tracker, task_id, stage)
 
 
-_trackers: dict[str, Any] = {}
-
-
 def _tracker(app_name: str) -> Any | None:
-    """The tracker's handle, looked up once per process (a GCS round trip otherwise).
+    """This replica's app's ProgressTracker deployment (a handle Serve keeps routed to its
+    live replica). ``app_name`` only says a task is being reported."""
+    from ray import serve
+    from ray.serve.exceptions import RayServeException
 
-    The actor is detached and restarts in place, so a cached handle stays valid.
-    """
-    if app_name not in _trackers:
-        import ray
-
-        try:
-            _trackers[app_name] = ray.get_actor(tracker_name(app_name), namespace=TRACKER_NAMESPACE)
-        except ValueError:
-            return None
-    return _trackers[app_name]
+    try:
+        app = serve.get_replica_context().app_name
+        return serve.get_deployment_handle("ProgressTracker", app)
+    except RayServeException:
+        return None
 
 
 T = TypeVar("T")

@@ -31,7 +31,7 @@ from common.settings import Settings
 from deployments.audio import decode_audio
 from deployments.clients import AlignClient, AsrClient, DiarizeClient, ProgressClient
 from deployments.pipeline import TaskInput, TaskOutcome, TaskPipeline
-from deployments.progress import get_or_create_tracker
+from deployments.progress import TrackerHandle
 from storage import api_keys, repository
 from storage.db import Database, migrate
 
@@ -49,7 +49,7 @@ class TaskRunner:
         alignment: Any,
         diarization: Any,
         *,
-        app_name: str,
+        tracker: Any,
         config: RunnerConfig,
         default_language: str | None = None,
         model_languages: dict[str, str | None] | None = None,
@@ -64,14 +64,7 @@ class TaskRunner:
         signing = settings.callback_signing_secret
         self._signing_secret = signing.get_secret_value() if signing else None
         self._worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self._progress = ProgressClient(
-            get_or_create_tracker(
-                app_name,
-                url,
-                mirror_interval_s=config.db_mirror_interval_seconds,
-                settings=settings,
-            )
-        )
+        self._progress = ProgressClient(TrackerHandle(tracker))
         self._pipeline = TaskPipeline(
             asr=AsrClient(asr),
             align=AlignClient(alignment),
