@@ -68,6 +68,7 @@ class ProgressTracker:
         self._changed: dict[str, asyncio.Condition] = {}
         self._mirrored: dict[str, tuple[float, TaskProgressStage]] = {}
         self._weights = dict(STAGE_WEIGHTS)  # learned from completed tasks on this cluster
+        self._finishing: set[str] = set()  # tasks whose terminal state is being written
         # Copies every logged event to Redis in the background (never blocks progress).
         self._bus = EventPublisher(events_bus, self._logged) if events_bus else None
 
@@ -75,26 +76,26 @@ class ProgressTracker:
 
     async def start(self, task_id: str, stages: list[str], attempt: int = 1) -> None:
         self._evict_finished()
-        state = await self._state(task_id)
+        state = await self._writable(task_id)
         if state is not None:
             event = state.start([TaskProgressStage(s) for s in stages], attempt, self._weights)
             await self._publish(state, event)
 
     async def enter_stage(self, task_id: str, stage: str, message: str = "") -> None:
-        state = await self._state(task_id)
+        state = await self._writable(task_id)
         if state is not None:
             await self._publish(state, state.enter_stage(TaskProgressStage(stage), message))
 
     async def note(self, task_id: str, message: str) -> None:
         """A new message for the current stage (a stage retried), at the same percentage."""
-        state = await self._state(task_id)
+        state = await self._writable(task_id)
         if state is not None:
             await self._publish(state, state.note(message))
 
     async def report(self, task_id: str, stage: str, percentage: float, message: str = "") -> None:
         # Loaded from the row if this incarnation has not seen the task yet: a restart
         # must not freeze a running stage's progress until the runner's next call.
-        state = await self._state(task_id)
+        state = await self._writable(task_id)
         if state is not None:
             await self._publish(state, state.report(TaskProgressStage(stage), percentage, message))
 
@@ -112,8 +113,23 @@ class ProgressTracker:
         Returns False if the task was already terminal.
         """
         state = await self._state(task_id)
-        if state is None or state.status.terminal:
+        if state is None or state.status.terminal or task_id in self._finishing:
             return False
+        self._finishing.add(task_id)  # the terminal event takes the seq the row gets
+        try:
+            return await self._finish(state, status, result, error, timings)
+        finally:
+            self._finishing.discard(task_id)
+
+    async def _finish(
+        self,
+        state: TaskProgressState,
+        status: str,
+        result: Transcript | None,
+        error: TaskError | None,
+        timings: Timings | None,
+    ) -> bool:
+        task_id = state.task_id
         final = TaskStatus(status)
         seq = state.seq + 1
         if final is TaskStatus.completed:
@@ -209,11 +225,16 @@ class ProgressTracker:
         return await self._bus.state() if self._bus is not None else "not configured"
 
     async def close(self) -> None:
-        """Stop the Redis publisher (tests that run the tracker as a plain object)."""
+        """Stop the Redis publisher (the replica's shutdown; tests with a plain object)."""
         if self._bus is not None:
             await self._bus.aclose()
 
     # ---------------------------------------------------------------- internals
+
+    async def _writable(self, task_id: str) -> TaskProgressState | None:
+        """The state a progress write may change: none while the task's terminal state is
+        being written (a late in-stage report must not take the seq the row gets)."""
+        return None if task_id in self._finishing else await self._state(task_id)
 
     async def _state(self, task_id: str) -> TaskProgressState | None:
         state = self._states.get(task_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -147,16 +148,16 @@ def _sigkill_tracker_and_wait_replaced(app: str = APP) -> None:
     )
 
 
-def _live_tracker_actors(app: str) -> list[str]:
-    """Names of the live Ray actors that run a ProgressTracker of ``app`` (its replicas,
-    or a detached tracker actor left behind)."""
-    from ray.util.state import list_actors
-
-    return [
-        f"{a.class_name} {a.name}"
-        for a in list_actors(filters=[("state", "=", "ALIVE")], limit=10_000)
-        if "ProgressTracker" in a.class_name and (app in a.class_name or app in (a.name or ""))
-    ]
+def _tracker_processes() -> list[str]:
+    """Processes of this test's Ray that run a ProgressTracker (a replica of any app, or a
+    tracker actor left behind), by their titles."""
+    titles = []
+    for proc in psutil.Process().children(recursive=True):  # the local Ray ray.init started
+        with contextlib.suppress(psutil.Error):
+            title = " ".join(proc.cmdline())
+            if "ProgressTracker" in title:
+                titles.append(title)
+    return titles
 
 
 def _row(service: Service, task_id: str) -> TaskRow | None:
@@ -281,9 +282,9 @@ def test_a_redeploy_with_new_settings_reaches_the_tracker_and_deleting_removes_i
         task_id = submit(service.base_url, jfk_path, diarize="false")  # the new graph works
         assert _finished(service, task_id, timeout=120).status == "completed"
 
+        assert _tracker_processes(), "the probe sees the tracker's process while it runs"
         serve.delete(APP)
-        wait_until(lambda: not _live_tracker_actors(APP), timeout=60, what="no tracker actor")
-        wait_until(lambda: not _replica_pids("ProgressTracker"), timeout=60, what="its process")
+        wait_until(lambda: not _tracker_processes(), timeout=60, what="no tracker process")
     finally:
         serve.run(build_app(service.app_args), name=APP, route_prefix="/")
         wait_until(ready, timeout=120, what="ready after restoring the app")

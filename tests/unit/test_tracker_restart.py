@@ -115,3 +115,36 @@ def test_a_websocket_waits_out_a_dead_tracker_and_ends_with_the_terminal_event(
             ws.receive_json()
         assert closed.value.code == 1000
     assert tracker.died
+
+
+async def test_reports_that_arrive_during_finish_never_take_the_rows_seq(tmp_path: Path) -> None:
+    """After a replacement, the calls queued for the tracker arrive together: late in-stage
+    reports must not number events between the row's terminal seq and the terminal event."""
+    import asyncio
+
+    url = f"sqlite:///{tmp_path / 'tasks.db'}"
+    migrate(url)
+    db = Database(url)
+    repository.create_task(
+        db,
+        task_id="t",
+        task_type=TaskType.speech_to_text,
+        params=TaskParams(),
+        file_name=None,
+        audio_path=None,
+    )
+    repository.claim_tasks(db, worker_id="w", limit=1, lease_seconds=60)
+    tracker = ProgressTracker(url, mirror_interval_s=3600)
+    diarizing = TaskProgressStage.diarizing.value
+    await tracker.start("t", STAGES)
+    await tracker.enter_stage("t", diarizing)
+    result = Transcript(language="en", segments=[Segment(start=0, end=1, text=" hi")])
+    finishing = asyncio.create_task(tracker.finish("t", "completed", result=result))
+    await asyncio.sleep(0)  # finish is writing the row now
+    await asyncio.gather(*(tracker.report("t", diarizing, pct) for pct in (50, 60, 70)))
+    assert await finishing
+    events = await tracker.events_after("t", 0, 0.0)
+    assert events is not None and events[-1].status.terminal
+    row = repository.get_task(db, task_id="t")
+    assert row is not None and row.progress_seq == events[-1].seq
+    db.dispose()
