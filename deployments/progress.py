@@ -322,11 +322,11 @@ class ProgressTracker:
     # WebSocket handlers long-poll ``events_after`` (up to 25 s each): many at once.
     max_ongoing_requests=10_000,
     ray_actor_options={"num_cpus": 0},
-    # A killed replica is noticed at the next health check and replaced; keep that short.
-    health_check_period_s=1,
-    health_check_timeout_s=10,
 )
 class TrackerDeployment(ProgressTracker):
+    """A killed replica is seen by the controller at once and replaced (a few seconds);
+    callers' handles route to the new one, and ``TrackerHandle`` resends what it dropped."""
+
     def __init__(
         self, *, app_name: str, mirror_interval_s: float, retain_terminal_s: float
     ) -> None:
