@@ -234,7 +234,8 @@ class ProgressTracker:
     async def _writable(self, task_id: str) -> TaskProgressState | None:
         """The state a progress write may change: none while the task's terminal state is
         being written (a late in-stage report must not take the seq the row gets)."""
-        return None if task_id in self._finishing else await self._state(task_id)
+        state = await self._state(task_id)  # checked after: finish may begin meanwhile
+        return None if task_id in self._finishing else state
 
     async def _state(self, task_id: str) -> TaskProgressState | None:
         state = self._states.get(task_id)

@@ -134,14 +134,17 @@ async def test_reports_that_arrive_during_finish_never_take_the_rows_seq(tmp_pat
         audio_path=None,
     )
     repository.claim_tasks(db, worker_id="w", limit=1, lease_seconds=60)
-    tracker = ProgressTracker(url, mirror_interval_s=3600)
+    first = ProgressTracker(url, mirror_interval_s=0)
     diarizing = TaskProgressStage.diarizing.value
-    await tracker.start("t", STAGES)
-    await tracker.enter_stage("t", diarizing)
+    await first.start("t", STAGES)
+    await first.enter_stage("t", diarizing)
+    # The replacement: every call below finds the task uncached and reads its row first.
+    tracker = ProgressTracker(url, mirror_interval_s=3600)
     result = Transcript(language="en", segments=[Segment(start=0, end=1, text=" hi")])
+    early = [asyncio.create_task(tracker.report("t", diarizing, p)) for p in range(10, 30)]
     finishing = asyncio.create_task(tracker.finish("t", "completed", result=result))
-    await asyncio.sleep(0)  # finish is writing the row now
-    await asyncio.gather(*(tracker.report("t", diarizing, pct) for pct in (50, 60, 70)))
+    late = [asyncio.create_task(tracker.report("t", diarizing, p)) for p in range(30, 50)]
+    await asyncio.gather(*early, *late)
     assert await finishing
     events = await tracker.events_after("t", 0, 0.0)
     assert events is not None and events[-1].status.terminal
