@@ -14,13 +14,14 @@ from typing import Any
 import httpx
 
 from tests.conftest import normalise
-from tests.integration.conftest import Service
+from tests.integration.conftest import APP, Service
 from tests.integration.test_service import (
     PHRASE,
     _finished,
     _long_clip,
     _replica_pids,
     _sigkill_tracker_and_wait_replaced,
+    _tracker_pid,
 )
 from tests.streams import collect, submit
 from tests.waiting import wait_until
@@ -41,6 +42,11 @@ def _transcribing_in_progress(service: Service, task_id: str) -> bool:
 
 def _wait_for_stage(service: Service, task_id: str, stage: str, timeout: float = 120) -> None:
     wait_until(lambda: _stage(service, task_id) == stage, timeout=timeout, interval=0.1, what=stage)
+
+
+def _tracker_pid_when_up() -> int:
+    pid: int = wait_until(_tracker_pid, timeout=60, what="the tracker replica")
+    return pid
 
 
 def _assert_ends_in_order(frames: list[dict[str, Any]], close_code: int | None) -> list[int]:
@@ -87,13 +93,16 @@ async def test_ws_ends_with_the_terminal_event_across_tracker_restarts(
     have strictly increasing seqs, each one more than the previous one (nothing skipped of
     what the tracker numbered after what the client had), the last is the terminal event,
     and the socket closes 1000."""
-    clip = _long_clip(jfk_path, tmp_path / "long.wav", 5)
+    clip = _long_clip(jfk_path, tmp_path / "long.wav", 8)
     task_id = submit(service.base_url, clip, align="false", min_speakers=1, max_speakers=2)
     watcher = asyncio.create_task(collect(service.ws_url, task_id, after_seq=0, timeout=240))
     try:
         for _ in range(2):
+            # Looked up ahead: the kill lands as soon as diarization starts; Serve replaces
+            # the replica in a few seconds, so both kills fit in the stage.
+            pid = await asyncio.to_thread(_tracker_pid_when_up)
             await asyncio.to_thread(_wait_for_stage, service, task_id, "diarizing")
-            await asyncio.to_thread(_sigkill_tracker_and_wait_replaced)
+            await asyncio.to_thread(_sigkill_tracker_and_wait_replaced, APP, pid)
         stream = await watcher
     finally:
         watcher.cancel()

@@ -137,9 +137,10 @@ def _tracker_answers(app: str = APP) -> bool:
     return _answers(serve.get_deployment_handle("ProgressTracker", app))
 
 
-def _sigkill_tracker_and_wait_replaced(app: str = APP) -> None:
-    """SIGKILL the tracker replica's process; return once Serve's replacement answers."""
-    pid = wait_until(lambda: _tracker_pid(app), timeout=60, what="the tracker replica")
+def _sigkill_tracker_and_wait_replaced(app: str = APP, pid: int | None = None) -> None:
+    """SIGKILL the tracker replica's process (``pid``, if the caller looked it up ahead);
+    return once Serve's replacement answers."""
+    pid = pid or wait_until(lambda: _tracker_pid(app), timeout=60, what="the tracker replica")
     os.kill(pid, signal.SIGKILL)
     wait_until(
         lambda: (p := _tracker_pid(app)) is not None and p != pid and _tracker_answers(app),
