@@ -44,6 +44,24 @@ def _wait_for_stage(service: Service, task_id: str, stage: str, timeout: float =
     wait_until(lambda: _stage(service, task_id) == stage, timeout=timeout, interval=0.1, what=stage)
 
 
+def _wait_for_progress_in(service: Service, task_id: str, stage: str) -> None:
+    """Until the task has reported progress inside ``stage`` (past the stage's entry)."""
+
+    def progress() -> tuple[str | None, float]:
+        r = httpx.get(f"{service.base_url}/tasks/{task_id}/progress", timeout=10)
+        body = r.json() if r.status_code == 200 else {}
+        return body.get("progress_stage"), float(body.get("progress_percentage") or 0)
+
+    wait_until(lambda: progress()[0] == stage, timeout=120, interval=0.1, what=stage)
+    entered = progress()[1]
+    wait_until(
+        lambda: (p := progress())[0] == stage and p[1] > entered,
+        timeout=120,
+        interval=0.1,
+        what=f"progress inside {stage}",
+    )
+
+
 def _tracker_pid_when_up() -> int:
     pid: int = wait_until(_tracker_pid, timeout=60, what="the tracker replica")
     return pid
@@ -98,10 +116,10 @@ async def test_ws_ends_with_the_terminal_event_across_tracker_restarts(
     watcher = asyncio.create_task(collect(service.ws_url, task_id, after_seq=0, timeout=240))
     try:
         for _ in range(2):
-            # Looked up ahead: the kill lands as soon as diarization starts; Serve replaces
+            # Looked up ahead, so the kill lands soon after in-stage progress; Serve replaces
             # the replica in a few seconds, so both kills fit in the stage.
             pid = await asyncio.to_thread(_tracker_pid_when_up)
-            await asyncio.to_thread(_wait_for_stage, service, task_id, "diarizing")
+            await asyncio.to_thread(_wait_for_progress_in, service, task_id, "diarizing")
             await asyncio.to_thread(_sigkill_tracker_and_wait_replaced, APP, pid)
         stream = await watcher
     finally:
