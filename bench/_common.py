@@ -108,13 +108,6 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-_ARG_OF = {
-    "AsrDeployment": "asr",
-    "AlignmentDeployment": "alignment",
-    "DiarizationDeployment": "diarization",
-}
-
-
 @dataclass
 class Service:
     base: str
@@ -125,20 +118,22 @@ class Service:
 def start_service(
     overrides: dict[str, Any] | None = None,
     *,
+    deployments: dict[str, dict[str, Any]] | None = None,
     num_cpus: int | None = None,
     config_autoscaling: bool = True,
     env: dict[str, str] | None = None,
 ) -> Service:
-    """The app on a fresh local Ray, as ``serve run serve_config.local.yaml`` builds it.
+    """The app on a fresh local Ray, as ``serve run serve_config.local.yaml`` deploys it.
 
-    The config's ``deployments:`` autoscaling entries are passed as the typed
-    ``autoscaling`` args (unless ``config_autoscaling`` is off: one replica each), so the
-    graph is the one ``serve run`` deploys; ``overrides`` are merged over both.
+    ``overrides`` are merged over the config's ``args``; ``deployments`` (name → Serve
+    options) over its ``deployments:`` entries, which apply as Serve applies them. With
+    ``config_autoscaling`` off, the config's autoscaling is dropped: one replica each.
     """
     import ray
     from ray import serve
 
     from ingress.builder import build_app
+    from tests.serving import with_deployment_options
 
     data = temp_dir("bench-data-")
     env = {**ENV, **(env or {}), "WHISPERX_SERVE_DATA_DIR": str(data)}
@@ -152,12 +147,14 @@ def start_service(
     )
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    scaling: dict[str, Any] = {}
-    if config_autoscaling:
-        for deployment, entry in local_deployment_overrides().items():
-            if "autoscaling_config" in entry and deployment in _ARG_OF:
-                scaling[_ARG_OF[deployment]] = {"autoscaling": entry["autoscaling_config"]}
-    serve.run(build_app(local_args(_merge(scaling, overrides or {}))), name=APP, route_prefix="/")
+    options = local_deployment_overrides()
+    if not config_autoscaling:
+        for entry in options.values():
+            entry.pop("autoscaling_config", None)
+    options = _merge(options, deployments or {})
+    app = build_app(local_args(overrides))
+    entries = [{"name": name, **entry} for name, entry in options.items()]
+    serve.run(with_deployment_options(app, entries), name=APP, route_prefix="/")
     base = f"http://127.0.0.1:{port}"
     wait_ready(base, timeout=600)
     return Service(base, base.replace("http", "ws", 1), data)

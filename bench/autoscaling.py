@@ -121,7 +121,8 @@ def main() -> None:
         "look_back_period_s": 15,
     }
     service = c.start_service(
-        {"asr": {"autoscaling": autoscaling}, "runner": {"max_concurrent_tasks": args.inflight}}
+        {"runner": {"max_concurrent_tasks": args.inflight}},
+        deployments={"AsrDeployment": {"autoscaling_config": autoscaling}},
     )
     samples: list[Sample] = []
     try:

@@ -5,7 +5,7 @@ process, on the same clip and the same work (ASR + diarization, no alignment).
   its RSS after loading and its peak RSS (``ru_maxrss``).
 - **service**: one replica per deployment (no autoscaling), one task on the same clip.
   Every process of the local Ray this script started is sampled every 0.25 s with
-  psutil and grouped: each Serve deployment, the ProgressTracker actor, Serve's controller
+  psutil and grouped: each Serve deployment (the ProgressTracker included), Serve's controller
   and proxy, and Ray's own processes (GCS, raylet, agents, idle workers). Idle = models
   loaded, no task; peak = the highest sum seen while the task ran.
 
@@ -69,7 +69,6 @@ def group_of(proc: psutil.Process) -> str:
     for needle, name in (
         ("ServeController", "Serve controller"),
         ("ProxyActor", "Serve proxy"),
-        ("ProgressTracker", "ProgressTracker actor"),
     ):
         if needle in title:
             return name

@@ -1,66 +1,32 @@
 """Typed application arguments: what serve_config.yaml's ``args`` must look like.
 
-Each model deployment gets its own config model, including the device it runs on and the
-Ray resources it asks for, so a CPU-only run and a fractional-GPU run differ by config
-file alone.
+Each model deployment gets its own config model, including the device it runs on. What
+Serve owns stays Serve's: replicas, resources (``ray_actor_options``, e.g. a fractional
+``num_gpus``), ``max_ongoing_requests`` and autoscaling go in the config file's
+``deployments:`` entries, never here, so each has one source.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from common.errors import ConfigurationError
+
+logger = logging.getLogger(__name__)
+
 Device = Literal["cpu", "cuda"]
-
-
-class Resources(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    num_cpus: float = Field(0.5, ge=0)
-    num_gpus: float = Field(0.0, ge=0)
-
-
-class Autoscaling(BaseModel):
-    """Ray Serve ``autoscaling_config`` for one model deployment (the fields used here).
-
-    A ``deployments:`` entry in serve_config.yaml overrides this, as Serve config does.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(1, ge=1)
-    initial_replicas: int | None = Field(None, ge=0)
-    target_ongoing_requests: float = Field(1.0, gt=0)
-    """Requests running or queued per replica that Serve steers toward."""
-    upscale_delay_s: float = Field(30.0, ge=0)
-    downscale_delay_s: float = Field(600.0, ge=0)
-    look_back_period_s: float = Field(30.0, gt=0)
-
-    @model_validator(mode="after")
-    def _bounds(self) -> Autoscaling:
-        if self.max_replicas < self.min_replicas:
-            raise ValueError("autoscaling.max_replicas must be >= min_replicas")
-        return self
 
 
 class _ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     device: Device = "cpu"
-    resources: Resources = Resources()
-    autoscaling: Autoscaling | None = None
-    """Replica autoscaling for this deployment; ``None`` keeps one replica (or the config's)."""
-
-    @model_validator(mode="after")
-    def _device_matches_resources(self) -> _ModelConfig:
-        if self.device == "cuda" and self.resources.num_gpus <= 0:
-            raise ValueError("device 'cuda' needs resources.num_gpus > 0 (e.g. 0.25)")
-        if self.device == "cpu" and self.resources.num_gpus > 0:
-            raise ValueError("device 'cpu' must not reserve GPUs (resources.num_gpus: 0)")
-        return self
+    """``cuda`` needs GPUs reserved in the deployment's ``ray_actor_options`` (checked when
+    the app is built and again as each replica starts)."""
 
 
 class AsrConfig(_ModelConfig):
@@ -170,6 +136,9 @@ class RunnerConfig(BaseModel):
     """Least time between two database writes of in-stage progress for one task."""
     decode_num_cpus: float = Field(1.0, gt=0)
     """CPUs of the Ray task that decodes a task's audio (on any node, not the runner's)."""
+    progress_retain_seconds: float = Field(900.0, gt=0)
+    """How long the tracker keeps an ended task's live state and event log in memory (the
+    database has it after that)."""
     callback_max_attempts: int = Field(5, ge=1, le=20)
     """POSTs of a task's final state to its ``callback_url`` before giving up."""
     callback_backoff_seconds: float = Field(1.0, gt=0)
@@ -242,7 +211,8 @@ class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = "whisperx"
-    """Namespaces the progress actor, so two apps on one cluster never share one."""
+    """Namespaces the app's Redis keys and channel, so two apps on one cluster never mix
+    their events."""
     models_dir: Path | None = None
     """Base for relative model paths in this config (e.g. the offline bundle)."""
     asr: AsrConfig = AsrConfig()
@@ -252,3 +222,33 @@ class AppArgs(BaseModel):
     ingress: IngressConfig = IngressConfig()
     allow_pending_gpus: bool = False
     """Let GPU deployments wait for GPU nodes (autoscaling clusters) instead of failing."""
+
+
+def check_replica_device(device: Device, deployment: str) -> None:
+    """Inside a Serve replica: ``device: cuda`` needs a GPU reserved for this replica.
+
+    A GPU node shows CUDA to a replica that reserved none, which would then share a GPU
+    nobody accounted for; fail loudly instead, naming the config entry to add. Outside a
+    replica (tests, scripts) this does nothing.
+    """
+    import ray
+    from ray import serve
+    from ray.serve.exceptions import RayServeException
+
+    try:
+        serve.get_replica_context()
+    except RayServeException:
+        return
+    gpus = ray.get_gpu_ids()
+    if device == "cuda" and not gpus:
+        raise ConfigurationError(
+            f"The {deployment} deployment is configured for a GPU (device: cuda) but its "
+            "replica has no GPU reserved. Reserve one in the config file: deployments: - "
+            f"name: {deployment}, ray_actor_options: {{num_gpus: 0.25}} (a fraction shares a "
+            "GPU), or set device: cpu.",
+            f"device=cuda, ray.get_gpu_ids()={gpus}",
+        )
+    if device == "cpu" and gpus:
+        logger.warning(
+            "%s runs on device: cpu but reserves GPUs %s; they stay unused", deployment, gpus
+        )

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from common.config import AlignConfig
+from common.config import AlignConfig, check_replica_device
 from common.errors import (
     InvalidRequestError,
     ModelUnavailableError,
@@ -336,12 +336,15 @@ def _default_models() -> set[str]:
     return {*DEFAULT_ALIGN_MODELS_TORCH.values(), *DEFAULT_ALIGN_MODELS_HF.values()}
 
 
-@serve.deployment(name="AlignmentDeployment", max_ongoing_requests=4)
+@serve.deployment(
+    name="AlignmentDeployment", max_ongoing_requests=4, ray_actor_options={"num_cpus": 0.5}
+)
 class AlignmentDeployment:
     """Streams each alignment's progress, then its transcript (``deployments.model_stream``)."""
 
     def __init__(self, config: AlignConfig, *, models_dir: Path | None = None) -> None:
         configure_service_logging(Settings().log_level)
+        check_replica_device(config.device, "AlignmentDeployment")
         self._engine = AlignmentEngine(config, models_dir=models_dir)
 
     async def supports(self, language: str) -> bool:

@@ -34,7 +34,7 @@ import numpy as np
 from ray import serve
 
 from common.asr_models import resolve_model_path
-from common.config import AsrConfig
+from common.config import AsrConfig, check_replica_device
 from common.errors import (
     ConfigurationError,
     InvalidRequestError,
@@ -490,12 +490,13 @@ def _segment(item: dict[str, Any]) -> Segment:
     )
 
 
-@serve.deployment(name="AsrDeployment", max_ongoing_requests=4)
+@serve.deployment(name="AsrDeployment", max_ongoing_requests=4, ray_actor_options={"num_cpus": 0.5})
 class AsrDeployment:
     """Streams each call's progress, then its transcript (``deployments.model_stream``)."""
 
     def __init__(self, config: AsrConfig, *, models_dir: Path | None = None) -> None:
         configure_service_logging(Settings().log_level)
+        check_replica_device(config.device, "AsrDeployment")
         self._engine = AsrEngine(config, models_dir=models_dir)
 
     async def transcribe(

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from ray import serve
 
-from common.config import DiarizationConfig
+from common.config import DiarizationConfig, check_replica_device
 from common.errors import (
     ConfigurationError,
     InvalidAudioError,
@@ -376,7 +376,9 @@ def assign_speakers(transcript: Transcript, turns: list[SpeakerTurn]) -> Transcr
     return transcript.model_copy(update={"segments": segments})
 
 
-@serve.deployment(name="DiarizationDeployment", max_ongoing_requests=4)
+@serve.deployment(
+    name="DiarizationDeployment", max_ongoing_requests=4, ray_actor_options={"num_cpus": 0.5}
+)
 class DiarizationDeployment:
     """One pipeline per replica; requests run one at a time in a worker thread."""
 
@@ -388,6 +390,7 @@ class DiarizationDeployment:
     ) -> None:
         settings = Settings()
         configure_service_logging(settings.log_level)
+        check_replica_device(config.device, "DiarizationDeployment")
         token = settings.hf_token  # a secret: read from the environment, never bind args
         self._engine = DiarizationEngine(
             config, models_dir=models_dir, hf_token=token.get_secret_value() if token else None

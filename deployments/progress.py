@@ -1,4 +1,4 @@
-"""ProgressTracker: the named, detached Ray actor that owns live task progress.
+"""ProgressTracker: the Serve deployment (one replica per app) that owns live task progress.
 
 Every progress change of every task goes through it. It keeps a bounded event log per task
 with a monotonic ``seq``, wakes WebSocket handlers that wait in ``events_after`` (no
@@ -10,6 +10,12 @@ durable copy: after a restart the actor rebuilds a task's state from its row on 
 
 It also carries cancel signals to the runner replica that holds a task: that runner holds
 a ``wait_cancelled`` call per running task, answered the moment ``request_cancel`` comes.
+
+``build_app`` binds it once in the app's graph and hands its handle to the Ingress and the
+TaskRunner; a redeploy with new settings replaces it, and deleting the app removes it.
+``ProgressTracker`` itself is a plain class (unit tests run it as an object);
+``TrackerDeployment`` is its Serve deployment, which reads the database and Redis settings
+in the replica, as the Ingress and the TaskRunner do.
 """
 
 from __future__ import annotations
@@ -18,11 +24,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any
 
-import ray
+from ray import serve
 
 from common import metrics
+from common.errors import is_replica_failure
 from common.logs import configure_service_logging
 from common.schemas import (
     TaskError,
@@ -44,13 +52,6 @@ from storage import repository
 from storage.db import Database
 
 logger = logging.getLogger(__name__)
-
-TRACKER_NAMESPACE = "whisperx_serve"
-
-
-def tracker_name(app_name: str) -> str:
-    return f"{app_name}-progress"
-
 
 class ProgressTracker:
     def __init__(
@@ -187,7 +188,7 @@ class ProgressTracker:
         return await self._bus.state() if self._bus is not None else "not configured"
 
     async def close(self) -> None:
-        """Stop the Redis publisher (tests that run the tracker as a plain object)."""
+        """Stop the Redis publisher (the replica's shutdown; tests with a plain object)."""
         if self._bus is not None:
             await self._bus.aclose()
 
@@ -286,27 +287,83 @@ class ProgressTracker:
             self._drop(task_id)
 
 
-def get_or_create_tracker(
-    app_name: str,
-    database_url: str,
-    *,
-    mirror_interval_s: float = 1.0,
-    settings: Settings | None = None,
-) -> Any:
-    """The app's tracker actor: detached (outlives any replica) and restarted on failure.
+@serve.deployment(
+    name="ProgressTracker",
+    num_replicas=1,  # the one owner of live progress: never more than one replica
+    # WebSocket handlers long-poll ``events_after`` (up to 25 s each): many at once.
+    max_ongoing_requests=10_000,
+    ray_actor_options={"num_cpus": 0},
+)
+class TrackerDeployment(ProgressTracker):
+    """A killed replica is seen by the controller at once and replaced (a few seconds);
+    callers' handles route to the new one, and ``TrackerHandle`` resends what it dropped."""
 
-    Whoever creates it first fixes its arguments, so every caller passes the same ones;
-    ``settings`` says whether (and where) it publishes events to Redis.
+    def __init__(
+        self, *, app_name: str, mirror_interval_s: float, retain_terminal_s: float
+    ) -> None:
+        settings = Settings()
+        super().__init__(
+            settings.resolved_database_url(),
+            mirror_interval_s=mirror_interval_s,
+            retain_terminal_s=retain_terminal_s,
+            events_bus=EventsBusConfig.from_settings(settings, app_name),
+        )
+
+    async def effective_settings(self) -> dict[str, Any]:
+        """What this replica runs with (operators and the redeploy test read it)."""
+        return {
+            "database_url": self._db.url,
+            "mirror_interval_s": self._mirror_interval,
+            "retain_terminal_s": self._retain,
+            "redis": self._bus is not None,
+        }
+
+    async def __del__(self) -> None:
+        """Graceful shutdown (redeploy, app deleted): stop the Redis publisher."""
+        await self.close()
+
+
+class TrackerHandle:
+    """The tracker deployment's handle as its callers use it: ``await h.method.remote(...)``.
+
+    A call whose replica died under it (SIGKILL, node lost) is sent again once Serve has
+    replaced the replica, backing off, for up to ``retry_for_s``; the new replica rebuilds
+    the task's state from its row, as after any restart. Errors raised inside the tracker
+    are never retried.
     """
-    events_bus = EventsBusConfig.from_settings(settings, app_name) if settings else None
-    actor_cls = ray.remote(ProgressTracker)
-    return actor_cls.options(
-        name=tracker_name(app_name),
-        namespace=TRACKER_NAMESPACE,
-        lifetime="detached",
-        get_if_exists=True,
-        max_restarts=-1,
-        max_task_retries=3,
-        max_concurrency=10_000,
-        num_cpus=0,
-    ).remote(database_url, mirror_interval_s=mirror_interval_s, events_bus=events_bus)
+
+    def __init__(self, handle: Any, *, retry_for_s: float = 30.0, backoff_s: float = 0.25):
+        self._handle = handle
+        self._retry_for = retry_for_s
+        self._backoff = backoff_s
+
+    def __getattr__(self, method: str) -> _TrackerMethod:
+        if method.startswith("_"):
+            raise AttributeError(method)
+        return _TrackerMethod(self, method)
+
+    async def _call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._retry_for
+        delay = self._backoff
+        while True:
+            try:
+                return await getattr(self._handle, method).remote(*args, **kwargs)
+            except Exception as exc:
+                if not is_replica_failure(exc) or loop.time() + delay > deadline:
+                    raise
+                logger.warning(
+                    "progress tracker replica gone during %s (%s); sending it again",
+                    method,
+                    type(exc).__name__,
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+class _TrackerMethod:
+    def __init__(self, owner: TrackerHandle, method: str) -> None:
+        self._owner, self._method = owner, method
+
+    def remote(self, *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        return self._owner._call(self._method, args, kwargs)

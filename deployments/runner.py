@@ -57,7 +57,7 @@ from deployments.clients import (
     ProgressClient,
 )
 from deployments.pipeline import TaskInput, TaskOutcome, TaskPipeline
-from deployments.progress import get_or_create_tracker
+from deployments.progress import TrackerHandle
 from storage import api_keys, lifecycle, repository
 from storage.blobs import blob_store_from
 from storage.db import Database, migrate
@@ -161,7 +161,7 @@ class TaskRunner:
         alignment: Any,
         diarization: Any,
         *,
-        app_name: str,
+        tracker: Any,
         config: RunnerConfig,
         default_language: str | None = None,
         model_languages: dict[str, str | None] | None = None,
@@ -174,14 +174,7 @@ class TaskRunner:
         require_shared_blob_store(blob_store_from(settings, db))
         await asyncio.to_thread(migrate, url)
         worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        progress = ProgressClient(
-            get_or_create_tracker(
-                app_name,
-                url,
-                mirror_interval_s=config.db_mirror_interval_seconds,
-                settings=settings,
-            )
-        )
+        progress = ProgressClient(TrackerHandle(tracker))
         self._setup(db, config, progress, worker_id, settings)
         self._pipeline = TaskPipeline(
             asr=AsrClient(asr),

@@ -18,7 +18,7 @@ from common.settings import Settings
 from deployments.audio import require_shared_blob_store
 from deployments.clients import ProgressClient, RunnerClient
 from deployments.events_bus import EventsBusConfig
-from deployments.progress import get_or_create_tracker
+from deployments.progress import TrackerHandle
 from ingress.auth import install_auth, log_auth_state
 from ingress.catalog import AsrCatalog
 from ingress.errors import document_error_shape, install_error_handlers
@@ -104,9 +104,9 @@ class Ingress:
         self,
         runner: Any,
         *,
+        tracker: Any,
         app_name: str,
         config: IngressConfig,
-        mirror_interval_s: float,
         asr_catalog: AsrCatalog | None = None,
     ) -> None:
         settings = Settings()
@@ -121,11 +121,7 @@ class Ingress:
         async def deployments_ready() -> dict[str, str]:
             return await serve_deployment_statuses(serve_app_name)
 
-        tracker = get_or_create_tracker(
-            app_name, url, mirror_interval_s=mirror_interval_s, settings=settings
-        )
-
-        async def publisher_state() -> str:
+        async def publisher_state() -> str:  # a health probe: no waiting for a replacement
             return str(await tracker.redis_state.remote())
 
         bus = EventsBusConfig.from_settings(settings, app_name)
@@ -134,7 +130,7 @@ class Ingress:
             config=config,
             db=db,
             blobs=blobs,
-            progress=ProgressClient(tracker),
+            progress=ProgressClient(TrackerHandle(tracker)),
             runner=RunnerClient(runner),
             deployments_ready=deployments_ready,
             events=RedisEventReader(bus, publisher_state=publisher_state) if bus else None,

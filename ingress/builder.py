@@ -2,6 +2,10 @@
 
 serve_config.yaml points ``import_path`` here and passes ``args``; the same code serves a
 laptop (CPU, offline model folder) and a GPU cluster (fractional GPUs, hub models).
+
+``args`` hold model and app settings only. Replicas, resources (``ray_actor_options``),
+``max_ongoing_requests`` and autoscaling are Serve's own: the decorators carry small CPU
+defaults and the config's ``deployments:`` entries override them.
 """
 
 from __future__ import annotations
@@ -14,35 +18,26 @@ from typing import Any
 from ray.serve import Application
 
 from common.asr_models import served_multilingual
-from common.config import AlignConfig, AppArgs, AsrConfig, DiarizationConfig, Resources
+from common.config import AppArgs, AsrConfig
 from common.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
 
 
-def _actor_options(resources: Resources) -> dict[str, Any]:
-    return {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus}
-
-
-def _model_options(cfg: AsrConfig | AlignConfig | DiarizationConfig) -> dict[str, Any]:
-    """``.options(...)`` of a model deployment: its resources, and autoscaling if set."""
-    options: dict[str, Any] = {"ray_actor_options": _actor_options(cfg.resources)}
-    if cfg.autoscaling is not None:
-        options["autoscaling_config"] = cfg.autoscaling.model_dump(exclude_none=True)
-    return options
-
-
 def _check_gpus(args: AppArgs) -> None:
-    """Fail loudly, not hang: a GPU request on a cluster without GPUs never schedules."""
-    wanted = {
-        name: cfg.resources.num_gpus
+    """Fail loudly, not hang: a deployment on ``device: cuda`` needs GPUs reserved for it
+    (``ray_actor_options.num_gpus`` in the config's ``deployments:``), and a GPU request on a
+    cluster without GPUs never schedules. Each replica checks its own reservation as it
+    starts (``common.config.check_replica_device``)."""
+    wanted = [
+        name
         for name, cfg in (
             ("asr", args.asr),
             ("alignment", args.alignment),
             ("diarization", args.diarization),
         )
-        if cfg.resources.num_gpus > 0
-    }
+        if cfg.device == "cuda"
+    ]
     if not wanted or args.allow_pending_gpus:
         return
     import ray
@@ -51,9 +46,9 @@ def _check_gpus(args: AppArgs) -> None:
     if gpus <= 0:
         raise ConfigurationError(
             "This configuration asks for GPUs but the Ray cluster has none. Use a CPU "
-            "configuration (serve_config.local.yaml, or device: cpu with num_gpus: 0), or set "
+            "configuration (serve_config.local.yaml, or device: cpu without num_gpus), or set "
             "allow_pending_gpus: true on an autoscaling cluster that will add GPU nodes.",
-            f"requested GPUs {wanted}; cluster GPU resources: {gpus}",
+            f"device: cuda for {wanted}; cluster GPU resources: {gpus}",
         )
 
 
@@ -67,9 +62,11 @@ def default_language(
     return "en" if served_multilingual(asr, model, models_dir) is False else None
 
 
-def build_app(raw_args: dict[str, Any]) -> Application:
+def build_app(args: AppArgs | dict[str, Any]) -> Application:
+    """The app's graph from its ``args``: typed, or the plain dict Serve passes from a config
+    file (validated here, the one place that does it)."""
     # @serve.deployment turns these classes into Deployment objects; mypy sees classes.
-    from deployments import alignment, asr, diarization, runner
+    from deployments import alignment, asr, diarization, progress, runner
     from ingress import app
     from ingress.catalog import AsrCatalog
 
@@ -78,8 +75,9 @@ def build_app(raw_args: dict[str, Any]) -> Application:
     DiarizationDeployment: Any = diarization.DiarizationDeployment
     TaskRunner: Any = runner.TaskRunner
     Ingress: Any = app.Ingress
+    ProgressTracker: Any = progress.TrackerDeployment
 
-    args = AppArgs.model_validate(raw_args)
+    args = AppArgs.model_validate(args)
     models_dir = os.environ.get("WHISPERX_SERVE_MODELS_DIR") or args.models_dir
     models_path = Path(models_dir).expanduser().resolve() if models_dir else None
     if models_path is not None and not models_path.is_dir():
@@ -89,18 +87,19 @@ def build_app(raw_args: dict[str, Any]) -> Application:
     _check_gpus(args)
 
     name = args.name
-    asr = AsrDeployment.options(**_model_options(args.asr)).bind(args.asr, models_dir=models_path)
-    alignment = AlignmentDeployment.options(**_model_options(args.alignment)).bind(
-        args.alignment, models_dir=models_path
+    asr = AsrDeployment.bind(args.asr, models_dir=models_path)
+    alignment = AlignmentDeployment.bind(args.alignment, models_dir=models_path)
+    diarization = DiarizationDeployment.bind(args.diarization, models_dir=models_path)
+    tracker = ProgressTracker.bind(
+        app_name=name,
+        mirror_interval_s=args.runner.db_mirror_interval_seconds,
+        retain_terminal_s=args.runner.progress_retain_seconds,
     )
-    diarization = DiarizationDeployment.options(**_model_options(args.diarization)).bind(
-        args.diarization, models_dir=models_path
-    )
-    task_runner = TaskRunner.options(ray_actor_options={"num_cpus": 0.1}).bind(
+    task_runner = TaskRunner.bind(
         asr,
         alignment,
         diarization,
-        app_name=name,
+        tracker=tracker,
         config=args.runner,
         default_language=default_language(args.asr, None, models_path),
         model_languages={
@@ -109,9 +108,9 @@ def build_app(raw_args: dict[str, Any]) -> Application:
     )
     built: Application = Ingress.bind(
         task_runner,
+        tracker=tracker,
         app_name=name,
         config=args.ingress,
-        mirror_interval_s=args.runner.db_mirror_interval_seconds,  # whoever creates the tracker
         asr_catalog=AsrCatalog.from_config(args.asr, models_path),
     )
     return built

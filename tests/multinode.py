@@ -129,13 +129,13 @@ def check_local_store_refused(app_env: dict[str, str]) -> None:
         (
             "Ingress",
             Ingress.options(ray_actor_options=pinned("ingress", 0.1, **local)).bind(  # type: ignore[attr-defined]
-                None, app_name="refused", config=IngressConfig(), mirror_interval_s=1.0
+                None, tracker=None, app_name="refused", config=IngressConfig()
             ),
         ),
         (
             "TaskRunner",
             TaskRunner.options(ray_actor_options=pinned("runner", 0.1, **local)).bind(  # type: ignore[attr-defined]
-                None, None, None, app_name="refused", config=RunnerConfig()
+                None, None, None, tracker=None, config=RunnerConfig()
             ),
         ),
     ]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.config import DiarizationConfig, Resources
+from common.config import DiarizationConfig
 from common.errors import (
     ConfigurationError,
     InvalidAudioError,
@@ -259,7 +259,7 @@ def test_unreachable_hub_pipeline_is_model_unavailable() -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
 def test_cuda_without_gpu_is_a_configuration_error() -> None:
-    config = _config(device="cuda", resources=Resources(num_gpus=0.5))
+    config = _config(device="cuda")
     with pytest.raises(ConfigurationError, match="GPU"):
         DiarizationEngine(config, models_dir=MODELS_DIR)
 

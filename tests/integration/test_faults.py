@@ -15,7 +15,14 @@ import httpx
 
 from tests.conftest import normalise
 from tests.integration.conftest import APP, Service
-from tests.integration.test_service import PHRASE, _finished, _long_clip, _replica_pids
+from tests.integration.test_service import (
+    PHRASE,
+    _finished,
+    _long_clip,
+    _replica_pids,
+    _sigkill_tracker_and_wait_replaced,
+    _tracker_pid,
+)
 from tests.streams import collect, submit
 from tests.waiting import wait_until
 
@@ -37,33 +44,27 @@ def _wait_for_stage(service: Service, task_id: str, stage: str, timeout: float =
     wait_until(lambda: _stage(service, task_id) == stage, timeout=timeout, interval=0.1, what=stage)
 
 
-def _actor_pid(actor: Any) -> int | None:
-    """The worker process an actor runs in now (None while it restarts)."""
-    import ray
+def _wait_for_progress_in(service: Service, task_id: str, stage: str) -> None:
+    """Until the task has reported progress inside ``stage`` (past the stage's entry)."""
 
-    try:
-        return int(ray.get(actor.__ray_call__.remote(lambda _self: os.getpid()), timeout=5))
-    except Exception:
-        return None
+    def progress() -> tuple[str | None, float]:
+        r = httpx.get(f"{service.base_url}/tasks/{task_id}/progress", timeout=10)
+        body = r.json() if r.status_code == 200 else {}
+        return body.get("progress_stage"), float(body.get("progress_percentage") or 0)
 
-
-def _service_tracker() -> Any:
-    import ray
-
-    from deployments.progress import TRACKER_NAMESPACE, tracker_name
-
-    return ray.get_actor(tracker_name(APP), namespace=TRACKER_NAMESPACE)
-
-
-def _sigkill_and_wait_restart(actor: Any) -> None:
-    """SIGKILL the actor's process; return once Ray runs it in a new one."""
-    pid = wait_until(lambda: _actor_pid(actor), timeout=60, what="the tracker process")
-    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: progress()[0] == stage, timeout=120, interval=0.1, what=stage)
+    entered = progress()[1]
     wait_until(
-        lambda: (p := _actor_pid(actor)) is not None and p != pid,
-        timeout=60,
-        what="the restarted tracker",
+        lambda: (p := progress())[0] == stage and p[1] > entered,
+        timeout=120,
+        interval=0.1,
+        what=f"progress inside {stage}",
     )
+
+
+def _tracker_pid_when_up() -> int:
+    pid: int = wait_until(_tracker_pid, timeout=60, what="the tracker replica")
+    return pid
 
 
 def _assert_ends_in_order(frames: list[dict[str, Any]], close_code: int | None) -> list[int]:
@@ -110,14 +111,16 @@ async def test_ws_ends_with_the_terminal_event_across_tracker_restarts(
     have strictly increasing seqs, each one more than the previous one (nothing skipped of
     what the tracker numbered after what the client had), the last is the terminal event,
     and the socket closes 1000."""
-    clip = _long_clip(jfk_path, tmp_path / "long.wav", 5)
+    clip = _long_clip(jfk_path, tmp_path / "long.wav", 8)
     task_id = submit(service.base_url, clip, align="false", min_speakers=1, max_speakers=2)
     watcher = asyncio.create_task(collect(service.ws_url, task_id, after_seq=0, timeout=240))
     try:
-        tracker = _service_tracker()
         for _ in range(2):
-            await asyncio.to_thread(_wait_for_stage, service, task_id, "diarizing")
-            await asyncio.to_thread(_sigkill_and_wait_restart, tracker)
+            # Looked up ahead, so the kill lands soon after in-stage progress; Serve replaces
+            # the replica in a few seconds, so both kills fit in the stage.
+            pid = await asyncio.to_thread(_tracker_pid_when_up)
+            await asyncio.to_thread(_wait_for_progress_in, service, task_id, "diarizing")
+            await asyncio.to_thread(_sigkill_tracker_and_wait_replaced, APP, pid)
         stream = await watcher
     finally:
         watcher.cancel()
@@ -129,10 +132,11 @@ async def test_ws_ends_with_the_terminal_event_across_tracker_restarts(
 
 def test_ws_from_the_tracker_alone_ends_across_restarts(service: Service, tmp_path: Path) -> None:
     """The same without Redis (``make run``'s setup), where every event comes from the
-    actor: a tracker of its own, killed twice mid-stage while its in-stage progress is
-    newer than the database copy, then the task finishes. Runner and model replica are
-    played by calls to the actor, the watcher is the real WebSocket route."""
-    import ray
+    tracker: a tracker deployment of its own (an app of one), its replica killed twice
+    mid-stage while its in-stage progress is newer than the database copy, then the task
+    finishes. Runner and model replica are played by calls to its handle, the watcher is
+    the real WebSocket route."""
+    from ray import serve
     from starlette.testclient import TestClient
     from starlette.websockets import WebSocketDisconnect
 
@@ -145,13 +149,24 @@ def test_ws_from_the_tracker_alone_ends_across_restarts(service: Service, tmp_pa
         Transcript,
     )
     from deployments.clients import ProgressClient
-    from deployments.progress import get_or_create_tracker
+    from deployments.progress import TrackerDeployment
     from ingress.app import create_app
     from storage import lifecycle, repository
     from tests.fakes import make_ingress_services
 
     url = f"sqlite:///{tmp_path / 'ingress.db'}"
-    actor = get_or_create_tracker(f"faults-{uuid.uuid4().hex[:8]}", url, mirror_interval_s=3600)
+    name = f"faults-{uuid.uuid4().hex[:8]}"
+    services = make_ingress_services(tmp_path, ws_wait_seconds=2.0)  # migrates the database
+    services.db.dispose()
+    env = {"WHISPERX_SERVE_DATABASE_URL": url, "WHISPERX_SERVE_REDIS_URL": ""}
+    tracker: Any = TrackerDeployment
+    actor = serve.run(
+        tracker.options(ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": env}}).bind(
+            app_name=name, mirror_interval_s=3600, retain_terminal_s=900
+        ),
+        name=name,
+        route_prefix=None,
+    )
     services = make_ingress_services(
         tmp_path, tracker=lambda db: ProgressClient(actor), ws_wait_seconds=2.0
     )
@@ -167,8 +182,9 @@ def test_ws_from_the_tracker_alone_ends_across_restarts(service: Service, tmp_pa
     lifecycle.claim(services.db, worker_id="w", limit=1, lease_seconds=600)
     diarizing = TaskProgressStage.diarizing.value
     try:
-        ray.get(actor.start.remote("t", [TaskProgressStage.transcribing.value, diarizing]))
-        ray.get(actor.enter_stage.remote("t", diarizing))
+        assert actor.effective_settings.remote().result()["redis"] is False
+        actor.start.remote("t", [TaskProgressStage.transcribing.value, diarizing]).result()
+        actor.enter_stage.remote("t", diarizing).result()
         frames: list[dict[str, Any]] = []
         closed: list[int] = []
 
@@ -184,16 +200,16 @@ def test_ws_from_the_tracker_alone_ends_across_restarts(service: Service, tmp_pa
         watcher.start()
         for pct in (20, 40, 60, 80):
             for step in range(5):  # progress newer than the database's copy of it
-                ray.get(actor.report.remote("t", diarizing, pct + step))
-            seq = ray.get(actor.snapshot.remote("t")).seq
+                actor.report.remote("t", diarizing, pct + step).result()
+            seq = actor.snapshot.remote("t").result().seq
             wait_until(
                 lambda s=seq: frames and frames[-1]["seq"] >= s, timeout=30, what=f"seq {seq}"
             )
             if pct in (40, 60):
-                _sigkill_and_wait_restart(actor)
+                _sigkill_tracker_and_wait_replaced(name)
         result = Transcript(language="en", segments=[Segment(start=0, end=1, text=" hi")])
         # as the runner does: the row first (with the terminal event's seq), then the event
-        seq = ray.get(actor.snapshot.remote("t")).seq + 1
+        seq = actor.snapshot.remote("t").result().seq + 1
         assert lifecycle.finish(
             services.db,
             task_id="t",
@@ -202,7 +218,7 @@ def test_ws_from_the_tracker_alone_ends_across_restarts(service: Service, tmp_pa
             seq=seq,
             worker_id="w",
         )
-        ray.get(actor.finished.remote("t", "completed"))
+        actor.finished.remote("t", "completed").result()
         watcher.join(timeout=60)
         assert not watcher.is_alive(), f"the watcher still waits; it has {frames[-2:]}"
         seqs = _assert_ends_in_order(frames, closed[0] if closed else None)
@@ -211,5 +227,5 @@ def test_ws_from_the_tracker_alone_ends_across_restarts(service: Service, tmp_pa
         row = repository.get_task(services.db, task_id="t")
         assert row is not None and row.status == "completed" and row.progress_seq == seqs[-1]
     finally:
-        ray.kill(actor, no_restart=True)
+        serve.delete(name)
         services.db.dispose()

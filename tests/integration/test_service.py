@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -107,13 +109,56 @@ async def test_unknown_task_ws_close_code(service: Service) -> None:
     assert stream.close_code == 4404 and stream.frames == []
 
 
-def _replica_pids(deployment: str) -> list[int]:
-    title = f"ServeReplica:{APP}:{deployment}"
+def _replica_pids(deployment: str, app: str = APP) -> list[int]:
+    title = f"ServeReplica:{app}:{deployment}"
     return [
         p.pid
         for p in psutil.process_iter(["cmdline"])
         if any(title in c for c in (p.info["cmdline"] or []))
     ]
+
+
+def _tracker_pid(app: str = APP) -> int | None:
+    """The process of the app's one ProgressTracker replica (None while it is replaced)."""
+    pids = _replica_pids("ProgressTracker", app)
+    return pids[0] if len(pids) == 1 else None
+
+
+def _answers(handle: Any) -> bool:
+    try:
+        return bool(handle.ping.remote().result(timeout_s=5))
+    except Exception:  # the replica died, or its replacement is not up yet
+        return False
+
+
+def _tracker_answers(app: str = APP) -> bool:
+    from ray import serve
+
+    return _answers(serve.get_deployment_handle("ProgressTracker", app))
+
+
+def _sigkill_tracker_and_wait_replaced(app: str = APP, pid: int | None = None) -> None:
+    """SIGKILL the tracker replica's process (``pid``, if the caller looked it up ahead);
+    return once Serve's replacement answers."""
+    pid = pid or wait_until(lambda: _tracker_pid(app), timeout=60, what="the tracker replica")
+    os.kill(pid, signal.SIGKILL)
+    wait_until(
+        lambda: (p := _tracker_pid(app)) is not None and p != pid and _tracker_answers(app),
+        timeout=120,
+        what="the replaced tracker",
+    )
+
+
+def _tracker_processes() -> list[str]:
+    """Processes of this test's Ray that run a ProgressTracker (a replica of any app, or a
+    tracker actor left behind), by their titles."""
+    titles = []
+    for proc in psutil.Process().children(recursive=True):  # the local Ray ray.init started
+        with contextlib.suppress(psutil.Error):
+            title = " ".join(proc.cmdline())
+            if "ProgressTracker" in title:
+                titles.append(title)
+    return titles
 
 
 def _row(service: Service, task_id: str) -> TaskRow | None:
@@ -181,14 +226,13 @@ def test_truncated_audio_ends_cleanly(service: Service, jfk_path: Path, tmp_path
 
 
 def test_polling_survives_a_tracker_restart(service: Service, jfk_path: Path) -> None:
-    import ray
-
-    from deployments.progress import TRACKER_NAMESPACE, tracker_name
-
     task_id = submit(service.base_url, jfk_path, diarize="false")
     assert _finished(service, task_id, timeout=120).status == "completed"
-    tracker = ray.get_actor(tracker_name(APP), namespace=TRACKER_NAMESPACE)
-    ray.kill(tracker, no_restart=False)  # crash it; Ray restarts it with empty memory
+    from ray import serve
+
+    handle = serve.get_deployment_handle("ProgressTracker", APP)
+    assert handle.ping.remote().result(timeout_s=30)
+    _sigkill_tracker_and_wait_replaced()  # Serve replaces it with empty memory
 
     def polled() -> dict | None:  # type: ignore[type-arg]
         r = httpx.get(f"{service.base_url}/tasks/{task_id}/progress", timeout=10)
@@ -200,7 +244,52 @@ def test_polling_survives_a_tracker_restart(service: Service, jfk_path: Path) ->
         100.0,
         "complete",
     )
-    assert ray.get(tracker.ping.remote(), timeout=30)  # the old handle reaches the new actor
+    # a handle got before the kill reaches the new replica
+    wait_until(lambda: _answers(handle), timeout=30, what="the old handle's answer")
+
+
+def test_a_redeploy_with_new_settings_reaches_the_tracker_and_deleting_removes_it(
+    service: Service, jfk_path: Path
+) -> None:
+    """The tracker is part of the app: a redeploy with a changed mirror interval runs a new
+    replica with it (a detached actor kept its first arguments), and deleting the app
+    leaves no tracker behind."""
+    import copy
+
+    from ray import serve
+
+    from ingress.builder import build_app
+
+    def effective() -> dict[str, object]:
+        handle = serve.get_deployment_handle("ProgressTracker", APP)
+        settings: dict[str, object] = handle.effective_settings.remote().result(timeout_s=30)
+        return settings
+
+    def ready() -> bool:
+        return httpx.get(f"{service.base_url}/health/ready", timeout=5).status_code == 200
+
+    before = effective()
+    assert before["mirror_interval_s"] == 1.0 and before["redis"] is True
+    assert service.database_url.split("?")[0].rsplit("@", 1)[-1] in str(before["database_url"])
+    old_pid = _tracker_pid()
+    changed = copy.deepcopy(service.app_args)
+    changed.setdefault("runner", {})["db_mirror_interval_seconds"] = 0.25  # type: ignore[index]
+    try:
+        serve.run(build_app(changed), name=APP, route_prefix="/")
+        after = effective()
+        assert after["mirror_interval_s"] == 0.25, after
+        assert _tracker_pid() != old_pid
+        wait_until(ready, timeout=120, what="ready after the redeploy")
+        task_id = submit(service.base_url, jfk_path, diarize="false")  # the new graph works
+        assert _finished(service, task_id, timeout=120).status == "completed"
+
+        assert _tracker_processes(), "the probe sees the tracker's process while it runs"
+        serve.delete(APP)
+        wait_until(lambda: not _tracker_processes(), timeout=60, what="no tracker process")
+    finally:
+        serve.run(build_app(service.app_args), name=APP, route_prefix="/")
+        wait_until(ready, timeout=120, what="ready after restoring the app")
+    assert effective()["mirror_interval_s"] == 1.0
 
 
 def _long_clip(jfk_path: Path, path: Path, repeats: int = 6) -> Path:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from common.config import AsrConfig, Resources
+from common.config import AsrConfig
 from common.errors import (
     ConfigurationError,
     InvalidRequestError,
@@ -148,7 +148,7 @@ def test_cuda_without_gpu_fails_loudly(
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigurationError, match="no CUDA GPU"):
-        AsrEngine(AsrConfig(device="cuda", resources=Resources(num_gpus=0.25)))
+        AsrEngine(AsrConfig(device="cuda"))
     assert load_calls == []
 
 

@@ -1,5 +1,6 @@
-"""Autoscaling settings: the shipped configs are valid Serve autoscaling configs that can
-actually scale, and the typed ``autoscaling`` args reach the model deployments."""
+"""Deployment options: the shipped configs' ``deployments:`` entries are valid Serve config
+(autoscaling that can actually scale), name every deployment of the graph, and reach the
+deployments they name; the typed args carry none of them."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ import pytest
 import yaml
 from pydantic import ValidationError
 from ray.serve.config import AutoscalingConfig
+from ray.serve.schema import ServeDeploySchema
 
-from common.config import AppArgs, Autoscaling
+from common.config import AppArgs
 from ingress.builder import build_app
+from tests.serving import config_deployments, graph_deployments, with_deployment_options
 
 REPO = Path(__file__).resolve().parents[2]
+CONFIGS = ["serve_config.yaml", "serve_config.local.yaml"]
 MODEL_DEPLOYMENTS = {"AsrDeployment", "AlignmentDeployment", "DiarizationDeployment"}
 
 
@@ -29,6 +33,24 @@ def _scaling(name: str) -> dict[str, AutoscalingConfig]:
         for entry in _app(name).get("deployments", [])
         if "autoscaling_config" in entry
     }
+
+
+def _local_app(models_dir: Path) -> Any:
+    args = _app("serve_config.local.yaml")["args"]
+    args["models_dir"] = str(models_dir)
+    return build_app(args)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_shipped_configs_are_valid_serve_configs(name: str) -> None:
+    ServeDeploySchema.model_validate(yaml.safe_load((REPO / name).read_text()))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_options_cover_every_deployment_of_the_graph(name: str, models_dir: Path) -> None:
+    graph = set(graph_deployments(_local_app(models_dir)))
+    assert graph == MODEL_DEPLOYMENTS | {"Ingress", "TaskRunner", "ProgressTracker"}
+    assert {e["name"] for e in config_deployments(name)} == graph
 
 
 def test_production_config_autoscales_every_model_deployment() -> None:
@@ -52,29 +74,33 @@ def test_local_config_scales_asr_within_a_small_box() -> None:
     assert runner.max_concurrent_tasks > asr.target_ongoing_requests  # can exceed the target
 
 
-def _bound(app: Any) -> dict[str, Any]:
-    """Deployment name → bound deployment, walking Ingress → TaskRunner → models."""
-    ingress = app._bound_deployment
-    runner = ingress.init_args[0]._bound_deployment
-    found = {d.name: d for d in (ingress, runner)}
-    found.update({a._bound_deployment.name: a._bound_deployment for a in runner.init_args[:3]})
-    return found
+def test_the_graph_has_one_tracker_bound_once(models_dir: Path) -> None:
+    """Ingress and TaskRunner get the same tracker deployment, one replica of it."""
+    graph = graph_deployments(_local_app(models_dir))
+    ingress, runner = graph["Ingress"], graph["TaskRunner"]
+    shared = ingress.init_kwargs["tracker"]
+    assert shared is runner.init_kwargs["tracker"]
+    assert shared._bound_deployment.num_replicas == 1
 
 
-def test_typed_autoscaling_args_reach_the_deployment(models_dir: Path) -> None:
-    args = _app("serve_config.local.yaml")["args"]
-    args["models_dir"] = str(models_dir)
-    args["asr"]["autoscaling"] = {"min_replicas": 1, "max_replicas": 3, "upscale_delay_s": 2}
-    deployments = _bound(build_app(args))
+def test_config_entries_reach_the_deployments(models_dir: Path) -> None:
+    """The decorators' small CPU defaults hold without a config; the entries override them."""
+    app = _local_app(models_dir)
+    plain = graph_deployments(app)
+    assert plain["AsrDeployment"]._deployment_config.autoscaling_config is None
+    assert plain["AsrDeployment"].ray_actor_options["num_cpus"] == 0.5
+    assert plain["ProgressTracker"].ray_actor_options["num_cpus"] == 0
+    entries = config_deployments("serve_config.local.yaml")
+    deployments = graph_deployments(with_deployment_options(app, entries))
     asr = deployments["AsrDeployment"]._deployment_config.autoscaling_config
-    assert (asr.min_replicas, asr.max_replicas, asr.upscale_delay_s) == (1, 3, 2)
-    assert asr.target_ongoing_requests == 1
-    assert deployments["AsrDeployment"].ray_actor_options["num_cpus"] == 0.25  # kept
+    assert (asr.min_replicas, asr.max_replicas, asr.upscale_delay_s) == (1, 2, 5)
+    assert deployments["AsrDeployment"].ray_actor_options["num_cpus"] == 0.25
     assert deployments["DiarizationDeployment"]._deployment_config.autoscaling_config is None
+    with pytest.raises(AssertionError, match="name no deployment"):
+        with_deployment_options(app, [{"name": "Asr", "num_replicas": 2}])
 
 
-def test_autoscaling_bounds_are_checked() -> None:
-    with pytest.raises(ValidationError, match="max_replicas"):
-        Autoscaling(min_replicas=3, max_replicas=2)
-    with pytest.raises(ValidationError):
-        Autoscaling.model_validate({"max_replica": 2})  # a typo is an error, not ignored
+def test_args_carry_no_deployment_options() -> None:
+    for key in ("resources", "autoscaling"):
+        with pytest.raises(ValidationError):
+            AppArgs.model_validate({"asr": {key: {}}})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -26,11 +27,21 @@ def test_shipped_configs_validate(name: str) -> None:
     AppArgs.model_validate(_config_args(name))
 
 
+def _deployment_options(name: str) -> dict[str, dict[str, Any]]:
+    doc = yaml.safe_load((REPO / name).read_text())
+    return {e["name"]: e for e in doc["applications"][0]["deployments"]}
+
+
 def test_production_config_pins_gpu_fractions() -> None:
+    """GPU fractions live in the config's ``deployments:`` (Serve's), the device in args."""
     args = AppArgs.model_validate(_config_args("serve_config.yaml"))
-    fractions = (args.asr, args.alignment, args.diarization)
-    assert [c.resources.num_gpus for c in fractions] == [0.25, 0.25, 0.5]
-    assert all(c.device == "cuda" for c in fractions)
+    assert all(c.device == "cuda" for c in (args.asr, args.alignment, args.diarization))
+    options = _deployment_options("serve_config.yaml")
+    gpus = [
+        options[name]["ray_actor_options"]["num_gpus"]
+        for name in ("AsrDeployment", "AlignmentDeployment", "DiarizationDeployment")
+    ]
+    assert gpus == [0.25, 0.25, 0.5]
 
 
 def test_production_requires_keys_and_local_runs_auto() -> None:
@@ -40,16 +51,19 @@ def test_production_requires_keys_and_local_runs_auto() -> None:
     assert AppArgs.model_validate(_config_args("serve_config.local.yaml")).ingress.auth == "auto"
 
 
-def test_local_config_asks_for_no_gpu() -> None:
+def test_local_config_asks_for_no_gpu_and_fits_two_cores() -> None:
     args = AppArgs.model_validate(_config_args("serve_config.local.yaml"))
-    fractions = (args.asr, args.alignment, args.diarization)
-    assert all(c.resources.num_gpus == 0 and c.device == "cpu" for c in fractions)
+    assert all(c.device == "cpu" for c in (args.asr, args.alignment, args.diarization))
+    options = _deployment_options("serve_config.local.yaml").values()
+    assert not any(e["ray_actor_options"].get("num_gpus") for e in options)
+    assert sum(e["ray_actor_options"]["num_cpus"] for e in options) <= 1.5
 
 
 def test_gpu_request_without_gpus_fails_loudly() -> None:
     args = AppArgs.model_validate(_config_args("serve_config.yaml"))
-    with pytest.raises(ConfigurationError, match="asks for GPUs"):
+    with pytest.raises(ConfigurationError, match="asks for GPUs") as raised:
         _check_gpus(args)  # Ray not initialised here: no GPUs known
+    assert "['asr', 'alignment', 'diarization']" in raised.value.technical_detail
     _check_gpus(args.model_copy(update={"allow_pending_gpus": True}))
 
 
@@ -67,8 +81,9 @@ def _local_cpu() -> dict[str, object]:
 @pytest.mark.parametrize(
     "bad",
     [
-        {"asr": {"device": "cuda"}},  # cuda without a GPU reservation
-        {"asr": {"resources": {"num_gpus": 0.25}}},  # GPU reserved but device cpu
+        # Serve's options are not args: they belong in the config's deployments:
+        {"asr": {"resources": {"num_gpus": 0.25}}},
+        {"alignment": {"autoscaling": {"max_replicas": 2}}},
         {"diarization": {"pipeline": None}},  # neither a pipeline nor parts
         {"unknown_key": 1},
     ],
@@ -97,3 +112,23 @@ def test_default_language_per_served_model(tmp_path: Path) -> None:
     assert default_language(config, "base") is None
     assert default_language(config, "hub") is None
     assert default_language(config.model_copy(update={"language": "de"}), "base") == "de"
+
+
+def test_a_cuda_replica_without_a_reserved_gpu_refuses_to_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``device: cuda`` with no ``num_gpus`` in the replica's options: a clear error naming
+    the config entry, not a model silently sharing an unaccounted GPU."""
+    import ray
+    from ray import serve
+
+    from common.config import check_replica_device
+
+    check_replica_device("cuda", "AsrDeployment")  # outside a replica: nothing to check
+    monkeypatch.setattr(serve, "get_replica_context", lambda: object())
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [])
+    with pytest.raises(ConfigurationError, match="name: AsrDeployment, ray_actor_options"):
+        check_replica_device("cuda", "AsrDeployment")
+    check_replica_device("cpu", "AsrDeployment")
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [0])
+    check_replica_device("cuda", "AsrDeployment")
