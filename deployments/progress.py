@@ -53,6 +53,7 @@ from storage.db import Database
 
 logger = logging.getLogger(__name__)
 
+
 class ProgressTracker:
     def __init__(
         self,
