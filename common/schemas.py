@@ -318,10 +318,6 @@ class ErrorEvent(TaskError):
 TaskEvent = Annotated[ProgressEvent | ErrorEvent, Field(discriminator="type")]
 
 
-def is_terminal(event: ProgressEvent | ErrorEvent) -> bool:
-    return event.status.terminal
-
-
 class TaskSnapshot(BaseModel):
     """First WebSocket frame: where the task stands; ``seq`` is the last event it reflects."""
 

@@ -37,11 +37,6 @@ from deployments.model_stream import ModelProgress, ProgressCallback, stream_sto
 
 logger = logging.getLogger(__name__)
 
-AGGLOMERATIVE_METHOD = "average"
-"""Average linkage on cosine distance: ``clustering_threshold`` is the mean cosine distance
-between two clusters at which they stop merging (0.5 suits CAM++; see the tests)."""
-MIN_CLUSTER_SIZE = 12
-"""pyannote 3.1's value; pyannote lowers it to 10% of the embeddings on short files."""
 VBX_FA, VBX_FB = 0.07, 0.8
 """community-1's VBx hyper-parameters, used only with a 256-dimensional embedding and its PLDA."""
 # Share of the stage's progress for pyannote's two tracked steps. Measured on a 5-minute

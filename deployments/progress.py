@@ -138,10 +138,6 @@ class ProgressTracker:
             return await asyncio.wait_for(asyncio.shield(future), timeout_s)
         return False
 
-    async def stage_weights(self) -> dict[str, float]:
-        """Current learned share of each stage (for operators and tests)."""
-        return {stage.value: round(w, 4) for stage, w in self._weights.items()}
-
     # ---------------------------------------------------------------- readers
 
     async def snapshot(self, task_id: str) -> TaskSnapshot | None:

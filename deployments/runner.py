@@ -225,9 +225,6 @@ class TaskRunner:
     async def notify(self) -> None:
         self._wake.set()
 
-    async def inflight(self) -> list[str]:
-        return sorted(self._inflight)
-
     async def cancel(self, task_id: str) -> TaskStatus | None:
         """A user's cancel (``POST /task/{id}/cancel``, or a delete), on whichever replica
         the handle picked. Returns the task's status afterwards; ``None``: unknown task.
