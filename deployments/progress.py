@@ -204,6 +204,7 @@ class ProgressTracker:
             # event a previous incarnation published. Continue after those, so clients that
             # saw them never get a reused seq.
             state.seq = max(state.seq, await self._bus.last_seq(task_id))
+        state.replay_current()  # the rebuilt state is the event under its seq
         return self._states.setdefault(task_id, state)
 
     def _cancel_future(self, task_id: str) -> asyncio.Future[bool]:

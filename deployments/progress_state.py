@@ -42,6 +42,9 @@ MIN_STEP = 0.1  # smaller moves of the overall figure emit no event
 MIN_STAGE_FRACTION_FOR_ETA = 0.05  # a stage's own pace is trusted once it is 5% done
 
 Event = ProgressEvent | ErrorEvent
+MAX_FILLED_SEQS = 100
+"""The longest gap ``events_after`` fills; a watcher further behind has lost more than a
+restart's worth of events and reads the snapshot again."""
 
 
 Weights = dict[TaskProgressStage, float]
@@ -183,7 +186,25 @@ class TaskProgressState:
         return {s: max(end - self.entered_at[s], 0.0) for s, end in zip(order, ends, strict=True)}
 
     def events_after(self, seq: int) -> list[Event]:
-        return [e for e in self.events if e.seq > seq]
+        """Logged events after ``seq``. A short gap before the first of them (this log was
+        rebuilt after a tracker restart, and the events between the watcher's cursor and
+        the rebuilt state died with the old log) is filled with that first event's state
+        under the missing seqs, so a watcher never sees a seq skipped."""
+        events = [e for e in self.events if e.seq > seq]
+        if not events or events[0].seq == seq + 1 or events[0].seq - seq > MAX_FILLED_SEQS:
+            return events
+        first = events[0]
+        if not isinstance(first, ProgressEvent) or first.status.terminal:
+            return events
+        filled = [first.model_copy(update={"seq": n}) for n in range(seq + 1, first.seq)]
+        return [*filled, *events]
+
+    def replay_current(self) -> None:
+        """Log the current (rebuilt) state as the event under the current seq: a watcher one
+        behind it gets that event instead of waiting for the next change."""
+        if self.status is TaskStatus.processing and self.seq > 0 and not self.events:
+            self.seq -= 1
+            self._emit_progress(self.message)
 
     def snapshot(self) -> TaskSnapshot:
         return TaskSnapshot(

@@ -162,3 +162,30 @@ def test_start_message_names_the_stage() -> None:
     state = TaskProgressState(task_id="t", clock=Clock())
     event = state.start([T])
     assert event is not None and event.message == "Transcribing"
+
+
+def test_a_rebuilt_log_fills_the_gap_before_its_first_event() -> None:
+    """After a tracker restart the log is rebuilt from the row (seq 5, mirrored); a watcher
+    that saw up to 3 (events 4 and 5 died with the old log) gets 4, 5, 6: no seq skipped."""
+    state = TaskProgressState(
+        task_id="t",
+        status=TaskStatus.processing,
+        stage=TaskProgressStage.diarizing,
+        percentage=60.0,
+        seq=5,
+        message="Diarizing",
+        stages=[TaskProgressStage.transcribing, TaskProgressStage.diarizing],
+    )
+    state.replay_current()
+    state.report(TaskProgressStage.diarizing, 50.0)
+    events = state.events_after(3)
+    assert [e.seq for e in events] == [4, 5, 6]
+    assert all(e.percentage >= 60.0 for e in events)
+    assert [e.seq for e in state.events_after(4)] == [5, 6]
+    assert [e.seq for e in state.events_after(5)] == [6]
+
+
+def test_a_terminal_event_is_never_copied_into_a_gap() -> None:
+    state = TaskProgressState(task_id="t", status=TaskStatus.processing, seq=7)
+    state.finish(TaskStatus.completed)
+    assert [e.seq for e in state.events_after(3)] == [8]
