@@ -291,6 +291,10 @@ class ProgressTracker:
     # WebSocket handlers long-poll ``events_after`` (up to 25 s each): many at once.
     max_ongoing_requests=10_000,
     ray_actor_options={"num_cpus": 0},
+    # Its live state is lost with it, so a replica slow under a burst (1000 cancels on a
+    # 2-core box) is given time to answer instead of being replaced for it.
+    health_check_period_s=10,
+    health_check_timeout_s=120,
 )
 class TrackerDeployment(ProgressTracker):
     """A killed replica is seen by the controller at once and replaced (a few seconds);

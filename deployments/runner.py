@@ -69,6 +69,9 @@ CANCEL_GRACE_SECONDS = 10.0
 CANCEL_WAIT_SECONDS = 60.0
 """Longest one held ``wait_cancelled`` call lasts before it is sent again (bounded, so a
 tracker that hangs instead of dying cannot hold a cancel back for ever)."""
+PUBLISH_ATTEMPTS = 5
+PUBLISH_BACKOFF_SECONDS = 1.0
+"""A terminal event the tracker did not take is sent again after 1, 2, 4, 8 s."""
 TRACKER_ERRORS: tuple[type[Exception], ...] = (RayError, RayServeException)
 """What a call to the tracker raises when the tracker is away (restarting, unreachable)."""
 _WATCH_ERRORS: tuple[type[Exception], ...] = (SQLAlchemyError, *TRACKER_ERRORS)
@@ -138,19 +141,27 @@ class TaskOutcomes:
         return snap.seq + 1 if snap is not None else None
 
     async def publish(self, task_id: str, status: TaskStatus, error: TaskError | None) -> None:
-        """The terminal event of a task whose row is final (never raises for the tracker)."""
-        try:
-            await self._progress.finished(task_id, status, error)
-        except TRACKER_ERRORS:
-            # The row is final: a restarted tracker rebuilds the task from it and replays
-            # the terminal event to every stream, so nothing is lost by not retrying here.
-            logger.warning(
-                "tracker away; task %s is %s in the database only",
-                task_id,
-                status.value,
-                extra={"task_id": task_id},
-                exc_info=True,
-            )
+        """The terminal event of a task whose row is final (never raises for the tracker).
+
+        Sent again a few times when the tracker is away: a replica being replaced may
+        already have rebuilt the task from its row while it was still running, and would
+        show it running until this event arrives."""
+        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+            try:
+                await self._progress.finished(task_id, status, error)
+                return
+            except TRACKER_ERRORS:
+                logger.warning(
+                    "tracker away; task %s is %s in the database only (attempt %d of %d)",
+                    task_id,
+                    status.value,
+                    attempt,
+                    PUBLISH_ATTEMPTS,
+                    extra={"task_id": task_id},
+                    exc_info=True,
+                )
+            if attempt < PUBLISH_ATTEMPTS:
+                await asyncio.sleep(PUBLISH_BACKOFF_SECONDS * 2 ** (attempt - 1))
 
 
 @serve.deployment(name="TaskRunner", max_ongoing_requests=1000)
