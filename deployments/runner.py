@@ -69,6 +69,8 @@ CANCEL_GRACE_SECONDS = 10.0
 CANCEL_WAIT_SECONDS = 60.0
 """Longest one held ``wait_cancelled`` call lasts before it is sent again (bounded, so a
 tracker that hangs instead of dying cannot hold a cancel back for ever)."""
+WATCH_PAUSE_SECONDS = 1.0
+"""Pause between two cancel watches of one running task."""
 PUBLISH_ATTEMPTS = 5
 PUBLISH_BACKOFF_SECONDS = 1.0
 """A terminal event the tracker did not take is sent again after 1, 2, 4, 8 s."""
@@ -396,6 +398,9 @@ class TaskRunner:
                     self._stop_for_user(task_id)
                     return
                 failures = 0
+                # Not cancelled: the wait timed out, or the tracker already sees the task
+                # ended (its run is finishing). Never spin on an answer that came at once.
+                await asyncio.sleep(WATCH_PAUSE_SECONDS)
             except _WATCH_ERRORS as exc:
                 failures += 1
                 delay = min(0.25 * 2**failures, 5.0)
