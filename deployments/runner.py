@@ -90,6 +90,11 @@ class TaskOutcomes:
         self._db = db
         self._progress = progress
         self._worker_id = worker_id
+        self.finishing: set[str] = set()
+        """Tasks whose outcome is being recorded: their rows may already be final while the
+        run still holds its slot, so a lease renewal that misses them has lost nothing. The
+        runner drops each id when the run ends."""
+        self._recordings: set[asyncio.Task[bool]] = set()
 
     async def finish(
         self,
@@ -99,6 +104,33 @@ class TaskOutcomes:
         result: Transcript | None = None,
         error: TaskError | None = None,
         timings: Timings | None = None,
+    ) -> bool:
+        """Write the outcome, then publish it. Once begun, this runs to its end even if the
+        caller is cancelled meanwhile (a second cancel, the abandon after the grace, a
+        shutdown): a row written final whose terminal event was cut off would leave the
+        tracker showing the task running for ever."""
+        self.finishing.add(task_id)
+        recording = asyncio.create_task(
+            self._record(task_id, status, result=result, error=error, timings=timings)
+        )
+        self._recordings.add(recording)
+        recording.add_done_callback(self._recorded)
+        return await asyncio.shield(recording)
+
+    def _recorded(self, recording: asyncio.Task[bool]) -> None:
+        self._recordings.discard(recording)
+        if not recording.cancelled() and (exc := recording.exception()) is not None:
+            # seen by the caller too, unless the caller was cancelled while it waited
+            logger.debug("recording an outcome failed: %r", exc)
+
+    async def _record(
+        self,
+        task_id: str,
+        status: TaskStatus,
+        *,
+        result: Transcript | None,
+        error: TaskError | None,
+        timings: Timings | None,
     ) -> bool:
         seq = await self._terminal_seq(task_id)
         try:
@@ -361,25 +393,30 @@ class TaskRunner:
             await asyncio.sleep(self._config.lease_seconds / 3)
             if not self._inflight:
                 continue
-            sent = list(self._inflight)
             try:
-                held = await asyncio.to_thread(
-                    lifecycle.renew,
-                    self._db,
-                    worker_id=self._worker_id,
-                    task_ids=sent,
-                    lease_seconds=self._config.lease_seconds,
-                )
+                await self._renew_once()
             except SQLAlchemyError:
                 logger.exception("renewing leases failed")
-                continue
-            # Only tasks asked about and still running: one claimed during the renewal was
-            # not in the request, and one that ended meanwhile is no longer held by design.
-            for task_id in (set(sent) - held) & set(self._inflight):
-                logger.warning(
-                    "lost the lease on task %s; stopping it", task_id, extra={"task_id": task_id}
-                )
-                self._inflight[task_id].cancel()
+
+    async def _renew_once(self) -> None:
+        """Extend the leases of the runs held here; stop a run whose lease another runner
+        has taken over."""
+        sent = list(self._inflight)
+        held = await asyncio.to_thread(
+            lifecycle.renew,
+            self._db,
+            worker_id=self._worker_id,
+            task_ids=sent,
+            lease_seconds=self._config.lease_seconds,
+        )
+        # Only tasks asked about, still running and not finishing: one claimed during the
+        # renewal was not in the request, and one whose outcome is being recorded has a
+        # final row (no lease to renew) while it publishes the terminal event.
+        for task_id in (set(sent) - held) & set(self._inflight) - self._outcomes.finishing:
+            logger.warning(
+                "lost the lease on task %s; stopping it", task_id, extra={"task_id": task_id}
+            )
+            self._inflight[task_id].cancel()
 
     # ------------------------------------------------------------------ cancellation
 
@@ -445,6 +482,7 @@ class TaskRunner:
                     metrics.record_finished(row.task_type, TaskStatus.cancelled.value)
         except (OutcomeWriteError, SQLAlchemyError):
             logger.exception("recording cancellation of %s failed", task_id)
+        self._outcomes.finishing.discard(task_id)
         self._wake.set()
         await self._send_callback(task_id)
 
@@ -496,6 +534,7 @@ class TaskRunner:
             if mine:  # not abandoned after a cancel (the abandoning side has done all this)
                 del self._inflight[task_id]
                 self._stopping.pop(task_id, None)
+                self._outcomes.finishing.discard(task_id)
             metrics.record_in_flight(len(self._inflight))
             self._wake.set()
             if mine:

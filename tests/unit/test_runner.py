@@ -20,6 +20,7 @@ from deployments.clients import ProgressClient
 from deployments.pipeline import TaskPipeline
 from deployments.progress import ProgressTracker
 from storage import Database, lifecycle, migrate, repository
+from storage.models import TaskRow
 from tests.unit.test_pipeline import FakeAlign, FakeAsr, FakeDiarize, fixed_decode
 
 pytestmark = [
@@ -273,3 +274,78 @@ async def test_a_run_that_does_not_stop_is_abandoned_as_cancelled(
     assert not run.done()
     stubborn.set()
     run.cancel()
+
+
+class SlowFinished:
+    """Holds the tracker's ``finished`` until released: the window in which a run's row is
+    final but its terminal event is not yet published."""
+
+    def __init__(self, setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+        tracker = setup.tracker.tracker
+        publish = tracker.finished
+
+        async def finished(*args: Any, **kwargs: Any) -> None:
+            self.entered.set()
+            await self.release.wait()
+            await publish(*args, **kwargs)
+
+        monkeypatch.setattr(tracker, "finished", finished)
+
+
+async def test_a_run_cancelled_while_it_publishes_its_outcome_still_publishes_it(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slow = SlowFinished(setup, monkeypatch)
+    setup.submit()
+    setup.diarize.block.set()  # type: ignore[union-attr]
+    runner = setup.runner("a")
+    run = setup.start_on(runner)
+    await asyncio.wait_for(slow.entered.wait(), 5)
+    assert setup.status() == "completed"  # the row is final, the event not yet out
+    run.cancel()  # as a shutdown, or a second cancel, would
+    await asyncio.wait_for(run, 2)  # the run ends (its outcome is written) ...
+    slow.release.set()  # ... and the terminal event still reaches the tracker
+    snap: Any = None
+
+    async def published() -> bool:
+        nonlocal snap
+        snap = await setup.tracker.tracker.snapshot("t")
+        return snap is not None and snap.status is TaskStatus.completed
+
+    deadline = asyncio.get_running_loop().time() + 5
+    while not await published():
+        assert asyncio.get_running_loop().time() < deadline, f"tracker still shows {snap}"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_run_whose_row_is_final_is_not_stopped_as_a_lost_lease(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slow = SlowFinished(setup, monkeypatch)
+    setup.submit()
+    setup.diarize.block.set()  # type: ignore[union-attr]
+    runner = setup.runner("a")
+    run = setup.start_on(runner)
+    await asyncio.wait_for(slow.entered.wait(), 5)
+    await runner._renew_once()  # the row is final: no lease to renew, and nothing lost
+    assert not run.cancelled() and not run.done()
+    slow.release.set()
+    await asyncio.wait_for(run, 5)
+    snap = await setup.tracker.tracker.snapshot("t")
+    assert snap is not None and snap.status is TaskStatus.completed
+    assert not runner._outcomes.finishing
+
+
+async def test_a_run_whose_lease_another_runner_took_is_stopped(setup: Setup) -> None:
+    setup.submit()
+    runner = setup.runner("a")
+    run = setup.start_on(runner)
+    await _in_diarization(setup)
+    taken = repository.update_where(setup.db, "t", TaskRow.claimed_by == "a", claimed_by="b")
+    assert taken  # another runner holds it now
+    await runner._renew_once()
+    await asyncio.wait_for(run, 2)
+    assert "t" not in runner._inflight
+    assert setup.status() == "processing"  # the other runner's to finish, not ours
