@@ -23,6 +23,7 @@ import numpy as np
 
 from common.errors import OutcomeNotRecordedError, as_service_error, is_replica_failure
 from common.logs import current_request_id
+from common.retry import Retry, call_with_retry, instances_of
 from common.schemas import (
     AlignRequest,
     AsrRequest,
@@ -196,27 +197,33 @@ class TaskPipeline:
     ) -> None:
         """``outcomes.finish`` with bounded retries; ``OutcomeWriteFailed`` after the last.
         A repeated write is harmless: an already finished task is left as it is."""
-        for attempt in range(1, self._record_attempts + 1):
-            try:
-                await self._outcomes.finish(
+
+        def retrying(attempt: int, exc: Exception, delay: float) -> None:
+            logger.warning(
+                "recording task %s as %s failed (attempt %d of %d); retrying in %.1fs",
+                task.task_id,
+                status.value,
+                attempt,
+                self._record_attempts,
+                delay,
+                extra={"task_id": task.task_id},
+                exc_info=exc,
+            )
+
+        try:
+            await call_with_retry(
+                lambda: self._outcomes.finish(
                     task.task_id, status, result=result, error=error, timings=timings
-                )
-                return
-            except OutcomeWriteError as exc:  # the database did not take it: write again
-                if attempt == self._record_attempts:
-                    raise OutcomeWriteFailed(task.task_id) from exc
-                delay = self._record_backoff * 2 ** (attempt - 1)
-                logger.warning(
-                    "recording task %s as %s failed (attempt %d of %d); retrying in %.1fs",
-                    task.task_id,
-                    status.value,
-                    attempt,
-                    self._record_attempts,
-                    delay,
-                    extra={"task_id": task.task_id},
-                    exc_info=exc,
-                )
-                await asyncio.sleep(delay)
+                ),
+                Retry(
+                    instances_of(OutcomeWriteError),  # the database did not take it
+                    attempts=self._record_attempts,
+                    first_delay_s=self._record_backoff,
+                ),
+                on_retry=retrying,
+            )
+        except OutcomeWriteError as exc:
+            raise OutcomeWriteFailed(task.task_id) from exc
 
     def _user_cancelled(self, task: TaskInput) -> bool:
         """Whether a cancellation of the run came from the user's cancel: the runner says so
@@ -407,33 +414,38 @@ class TaskPipeline:
         doubling backoff while Serve replaces the replica) when the replica serving it died:
         Serve does not retry in-flight requests. Any other failure is raised at once, and
         the last replica failure becomes the task's ``processing_failed``."""
-        retry = 0
-        while True:
-            try:
-                return await call()
-            except Exception as exc:
-                if retry >= self._stage_retries or not is_replica_failure(exc):
-                    raise
-                retry += 1
-                delay = self._retry_backoff * 2 ** (retry - 1)
-                logger.warning(
-                    "%s replica stopped under task %s (%s); retry %d of %d in %.1fs",
-                    what,
-                    task.task_id,
-                    type(exc).__name__,
-                    retry,
-                    self._stage_retries,
-                    delay,
-                    extra={"task_id": task.task_id},
-                    exc_info=exc,
-                )
-                await self._progress.note(
-                    task.task_id,
-                    f"{what.capitalize()} restarted: its model replica stopped "
-                    f"(retry {retry} of {self._stage_retries})",
-                )
-                await asyncio.sleep(delay)
-                await self._checkpoint(task)
+
+        async def attempt() -> T:
+            await self._checkpoint(task)  # a retry never starts after the user's cancel
+            return await call()
+
+        async def retrying(retry: int, exc: Exception, delay: float) -> None:
+            logger.warning(
+                "%s replica stopped under task %s (%s); retry %d of %d in %.1fs",
+                what,
+                task.task_id,
+                type(exc).__name__,
+                retry,
+                self._stage_retries,
+                delay,
+                extra={"task_id": task.task_id},
+                exc_info=exc,
+            )
+            await self._progress.note(
+                task.task_id,
+                f"{what.capitalize()} restarted: its model replica stopped "
+                f"(retry {retry} of {self._stage_retries})",
+            )
+
+        return await call_with_retry(
+            attempt,
+            Retry(
+                is_replica_failure,
+                attempts=self._stage_retries + 1,
+                first_delay_s=self._retry_backoff,
+            ),
+            on_retry=retrying,
+        )
 
 
 def _warn(transcript: Transcript, code: WarningCode, message: str) -> Transcript:

@@ -32,6 +32,7 @@ from ray import serve
 from common import metrics
 from common.errors import is_replica_failure
 from common.logs import configure_service_logging
+from common.retry import Retry, call_with_retry
 from common.schemas import (
     TaskError,
     TaskProgressStage,
@@ -345,22 +346,23 @@ class TrackerHandle:
         return _TrackerMethod(self, method)
 
     async def _call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._retry_for
-        delay = self._backoff
-        while True:
-            try:
-                return await getattr(self._handle, method).remote(*args, **kwargs)
-            except Exception as exc:
-                if not is_replica_failure(exc) or loop.time() + delay > deadline:
-                    raise
-                logger.warning(
-                    "progress tracker replica gone during %s (%s); sending it again",
-                    method,
-                    type(exc).__name__,
-                )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+        def retrying(retry: int, exc: Exception, delay: float) -> None:
+            logger.warning(
+                "progress tracker replica gone during %s (%s); sending it again",
+                method,
+                type(exc).__name__,
+            )
+
+        return await call_with_retry(
+            lambda: getattr(self._handle, method).remote(*args, **kwargs),
+            Retry(
+                is_replica_failure,
+                within_s=self._retry_for,
+                first_delay_s=self._backoff,
+                max_delay_s=2.0,
+            ),
+            on_retry=retrying,
+        )
 
 
 class _TrackerMethod:

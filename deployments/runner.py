@@ -46,6 +46,7 @@ from common import metrics
 from common.config import RunnerConfig
 from common.errors import TaskInterruptedError
 from common.logs import bind, configure_service_logging
+from common.retry import Retry, call_with_retry, instances_of
 from common.schemas import TaskError, TaskParams, TaskStatus, TaskType, Timings, Transcript
 from common.settings import Settings
 from deployments.audio import RayDecoder, require_shared_blob_store
@@ -180,22 +181,36 @@ class TaskOutcomes:
         Sent again a few times when the tracker is away: a replica being replaced may
         already have rebuilt the task from its row while it was still running, and would
         show it running until this event arrives."""
-        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
-            try:
-                await self._progress.finished(task_id, status, error)
-                return
-            except TRACKER_ERRORS:
-                logger.warning(
-                    "tracker away; task %s is %s in the database only (attempt %d of %d)",
-                    task_id,
-                    status.value,
-                    attempt,
-                    PUBLISH_ATTEMPTS,
-                    extra={"task_id": task_id},
-                    exc_info=True,
-                )
-            if attempt < PUBLISH_ATTEMPTS:
-                await asyncio.sleep(PUBLISH_BACKOFF_SECONDS * 2 ** (attempt - 1))
+
+        def retrying(attempt: int, exc: Exception, delay: float) -> None:
+            logger.warning(
+                "tracker away; task %s is %s in the database only (attempt %d of %d)",
+                task_id,
+                status.value,
+                attempt,
+                PUBLISH_ATTEMPTS,
+                extra={"task_id": task_id},
+                exc_info=exc,
+            )
+
+        try:
+            await call_with_retry(
+                lambda: self._progress.finished(task_id, status, error),
+                Retry(
+                    instances_of(*TRACKER_ERRORS),
+                    attempts=PUBLISH_ATTEMPTS,
+                    first_delay_s=PUBLISH_BACKOFF_SECONDS,
+                ),
+                on_retry=retrying,
+            )
+        except TRACKER_ERRORS:
+            logger.error(
+                "task %s is %s, but the tracker did not take its terminal event",
+                task_id,
+                status.value,
+                extra={"task_id": task_id},
+                exc_info=True,
+            )
 
 
 @serve.deployment(name="TaskRunner", max_ongoing_requests=1000)
