@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config import IngressConfig
-from common.schemas import TaskSnapshot, TaskStatus
+from common.schemas import TaskParams, TaskSnapshot, TaskStatus, TaskType
 from common.settings import Settings
 from deployments.progress_state import Event, TaskProgressState
 from ingress.services import EventStreamReader, IngressServices, ProgressReader
@@ -21,6 +21,7 @@ from ingress.services import Notifier as RunnerLink
 from storage import lifecycle, repository
 from storage.blobs import blob_store_from
 from storage.db import Database, migrate
+from storage.models import TaskRow
 
 
 class FakeTracker:
@@ -133,3 +134,28 @@ def make_ingress_services(
         ws_wait_seconds=ws_wait_seconds,
         events=events,
     )
+
+
+def add_task(db: Database, task_id: str) -> TaskRow:
+    """A queued ASR task without audio, as the ingress creates one."""
+    return repository.create_task(
+        db,
+        task_id=task_id,
+        task_type=TaskType.speech_to_text,
+        params=TaskParams(),
+        file_name=None,
+        audio_key=None,
+    )
+
+
+def task_database(path: Path, *task_ids: str, claimed_by: str | None = None) -> Database:
+    """A fresh, migrated SQLite task database at ``path`` holding one queued task per id
+    (:func:`add_task`), each claimed by ``claimed_by`` when given, as a runner would have."""
+    url = f"sqlite:///{path}"
+    migrate(url)
+    db = Database(url)
+    for task_id in task_ids:
+        add_task(db, task_id)
+    if claimed_by is not None:
+        lifecycle.claim(db, worker_id=claimed_by, limit=len(task_ids), lease_seconds=60)
+    return db

@@ -50,7 +50,7 @@ from storage import lifecycle, repository
 from storage.blobs import LocalBlobStore
 from storage.db import Database, migrate
 from tests.conftest import REPO
-from tests.fakes import Notifier
+from tests.fakes import Notifier, task_database
 from tests.integration.conftest import APP, Service
 from tests.ports import free_port
 from tests.streams import Stream, assert_well_ordered, collect, submit
@@ -430,18 +430,8 @@ async def test_restarted_tracker_continues_seq_after_the_stream(
 ) -> None:
     """The database mirror of seq lags inside a stage; a new tracker incarnation numbers its
     next event after the last one in Redis, so no client ever sees a seq reused."""
-    url = f"sqlite:///{tmp_path / 'restart.db'}"
-    migrate(url)
-    db = Database(url)
-    repository.create_task(
-        db,
-        task_id="t",
-        task_type=TaskType.speech_to_text,
-        params=TaskParams(),
-        file_name=None,
-        audio_key=None,
-    )
-    lifecycle.claim(db, worker_id="w", limit=1, lease_seconds=60)
+    db = task_database(tmp_path / "restart.db", "t", claimed_by="w")
+    url = str(db.engine.url)
     stage = TaskProgressStage.transcribing
     repository.update_progress(db, task_id="t", stage=stage, percentage=2.0, seq=2)
     bus = EventsBusConfig(url=own_redis.url, app_name="restart", prefix="t")

@@ -20,13 +20,12 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from common.config import IngressConfig
-from common.schemas import TaskParams, TaskProgressStage, TaskStatus, TaskType
+from common.schemas import TaskProgressStage, TaskStatus
 from deployments.progress_state import Event
 from ingress.app import create_app
 from ingress.services import IngressServices
-from storage import repository
 from storage.db import Database
-from tests.fakes import FakeTracker, make_ingress_services
+from tests.fakes import FakeTracker, add_task, make_ingress_services
 
 LIMIT = 2 * 1024 * 1024
 T = TaskProgressStage.transcribing
@@ -69,14 +68,7 @@ async def client(services: IngressServices) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def _task(services: IngressServices, task_id: str, *, finished: bool) -> CountingTracker:
-    repository.create_task(
-        services.db,
-        task_id=task_id,
-        task_type=TaskType.speech_to_text,
-        params=TaskParams(),
-        file_name=None,
-        audio_key=None,
-    )
+    add_task(services.db, task_id)
     tracker: CountingTracker = services.progress  # type: ignore[assignment]
     state = tracker.state(task_id)
     assert state is not None

@@ -26,7 +26,7 @@ from deployments.progress_state import state_from_row
 from ingress.app import create_app
 from ingress.services import IngressServices
 from storage import lifecycle, repository
-from tests.fakes import FakeTracker, make_ingress_services
+from tests.fakes import FakeTracker, add_task, make_ingress_services
 
 T = TaskProgressStage.transcribing
 
@@ -227,14 +227,7 @@ async def test_ready_names_the_component_that_does_not_answer(tmp_path: Path) ->
 
 
 def test_websocket_snapshot_events_then_close(services: IngressServices) -> None:
-    row = repository.create_task(
-        services.db,
-        task_id="ws1",
-        task_type=TaskType.speech_to_text,
-        params=TaskParams(),
-        file_name=None,
-        audio_key=None,
-    )
+    row = add_task(services.db, "ws1")
     tracker: FakeTracker = services.progress  # type: ignore[assignment]
     state = tracker.state(row.id)
     assert state is not None

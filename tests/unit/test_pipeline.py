@@ -159,6 +159,24 @@ class FakeProgress:
         return True
 
 
+def pipeline_of(**overrides: Any) -> TaskPipeline:
+    """A pipeline on fakes: English, no waits between retries; ``progress`` doubles as the
+    outcome sink unless ``outcomes`` is given."""
+    progress = overrides.pop("progress", None) or FakeProgress()
+    options: dict[str, Any] = {
+        "asr": FakeAsr(),
+        "align": FakeAlign({"en"}),
+        "diarize": FakeDiarize(),
+        "progress": progress,
+        "outcomes": progress,
+        "decode": fixed_decode,
+        "default_language": "en",
+        "record_backoff_s": 0.0,
+        "stage_retry_backoff_s": 0.0,
+    }
+    return TaskPipeline(**{**options, **overrides})
+
+
 def make(
     supported: set[str],
     *,
@@ -179,12 +197,11 @@ def make(
             raise InvalidAudioError("The file could not be decoded as audio.", "av: invalid data")
         return await fixed_decode(key)
 
-    pipeline = TaskPipeline(
+    pipeline = pipeline_of(
         asr=asr,
         align=align,
         diarize=diar,
         progress=progress,
-        outcomes=progress,
         decode=decode,
         default_language=language,
         cancelled_by_user=cancelled.__contains__ if cancelled is not None else None,
@@ -389,16 +406,8 @@ class DyingAsr(FakeAsr):
 
 def _with_asr(asr: FakeAsr, retries: int = 2) -> tuple[TaskPipeline, FakeProgress]:
     pipeline, _, align, diar, progress = make({"en"})
-    pipeline = TaskPipeline(
-        asr=asr,
-        align=align,
-        diarize=diar,
-        progress=progress,
-        outcomes=progress,
-        decode=fixed_decode,
-        default_language="en",
-        stage_retries=retries,
-        stage_retry_backoff_s=0.0,
+    pipeline = pipeline_of(
+        asr=asr, align=align, diarize=diar, progress=progress, stage_retries=retries
     )
     return pipeline, progress
 
@@ -447,17 +456,7 @@ class FlakyProgress(FakeProgress):
 
 
 def _with_progress(progress: FakeProgress, **kw: Any) -> TaskPipeline:
-    return TaskPipeline(
-        asr=FakeAsr(),
-        align=FakeAlign({"en"}),
-        diarize=FakeDiarize(),
-        progress=progress,
-        outcomes=progress,
-        decode=fixed_decode,
-        default_language="en",
-        record_backoff_s=0.0,
-        **kw,
-    )
+    return pipeline_of(progress=progress, **kw)
 
 
 async def test_a_failed_outcome_write_is_retried_not_the_task() -> None:
@@ -486,17 +485,7 @@ async def test_a_database_hiccup_during_a_users_cancel_is_not_a_runner_stop() ->
     diar = FakeDiarize()
     diar.block = asyncio.Event()
     stopping: set[str] = set()
-    pipeline = TaskPipeline(
-        asr=FakeAsr(),
-        align=FakeAlign({"en"}),
-        diarize=diar,
-        progress=progress,
-        outcomes=progress,
-        decode=fixed_decode,
-        default_language="en",
-        record_backoff_s=0.0,
-        cancelled_by_user=stopping.__contains__,
-    )
+    pipeline = pipeline_of(diarize=diar, progress=progress, cancelled_by_user=stopping.__contains__)
     running = asyncio.create_task(pipeline.run(task()))
     while not diar.requests:
         await asyncio.sleep(0)
@@ -540,16 +529,7 @@ async def test_diarization_whose_replica_died_is_retried_too() -> None:
             return await super().diarize(audio, req, progress=progress)
 
     progress, diar = FakeProgress(), DyingDiarize()
-    pipeline = TaskPipeline(
-        asr=FakeAsr(),
-        align=FakeAlign({"en"}),
-        diarize=diar,
-        progress=progress,
-        outcomes=progress,
-        decode=fixed_decode,
-        default_language="en",
-        stage_retry_backoff_s=0.0,
-    )
+    pipeline = pipeline_of(diarize=diar, progress=progress)
     outcome = await pipeline.run(task())
     assert outcome.status is TaskStatus.completed and len(diar.requests) == 2
     assert progress.result is not None and progress.result.speakers == ["SPEAKER_00"]

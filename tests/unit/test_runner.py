@@ -13,14 +13,15 @@ from ray.exceptions import ActorDiedError
 from sqlalchemy.exc import OperationalError
 
 from common.config import RunnerConfig
-from common.schemas import TaskParams, TaskStatus, TaskType
+from common.schemas import TaskStatus
 from common.settings import Settings
 from deployments import runner as runner_module
 from deployments.clients import ProgressClient
 from deployments.pipeline import TaskPipeline
 from deployments.progress import ProgressTracker
-from storage import Database, lifecycle, migrate, repository
+from storage import Database, lifecycle, repository
 from storage.models import TaskRow
+from tests.fakes import add_task, task_database
 from tests.unit.test_pipeline import FakeAlign, FakeAsr, FakeDiarize, fixed_decode
 
 pytestmark = [
@@ -96,9 +97,8 @@ def _runner(
 class Setup:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.url = f"sqlite:///{tmp / 'tasks.db'}"
-        migrate(self.url)
-        self.db = Database(self.url)
+        self.db = task_database(tmp / "tasks.db")
+        self.url = str(self.db.engine.url)
         self.tracker = LocalTracker(self.url)
         self.diarize = FakeDiarize()
         self.diarize.block = asyncio.Event()  # runs stay in diarization until released
@@ -107,14 +107,7 @@ class Setup:
         return _runner(self.db, self.tracker, self.diarize, worker_id, self.tmp)
 
     def submit(self, task_id: str = "t") -> None:
-        repository.create_task(
-            self.db,
-            task_id=task_id,
-            task_type=TaskType.speech_to_text,
-            params=TaskParams(),
-            file_name=None,
-            audio_key=None,
-        )
+        add_task(self.db, task_id)
 
     def start_on(self, runner: Any, task_id: str = "t") -> asyncio.Task[None]:
         (row,) = lifecycle.claim(self.db, worker_id=runner._worker_id, limit=1, lease_seconds=60)

@@ -12,10 +12,8 @@ from starlette.websockets import WebSocketDisconnect
 
 from common.schemas import (
     Segment,
-    TaskParams,
     TaskProgressStage,
     TaskStatus,
-    TaskType,
     Timings,
     Transcript,
 )
@@ -23,25 +21,14 @@ from deployments.progress import ProgressTracker
 from deployments.progress_state import Event
 from ingress.app import create_app
 from storage import lifecycle, repository
-from storage.db import Database, migrate
-from tests.fakes import FakeTracker, make_ingress_services
+from tests.fakes import FakeTracker, add_task, make_ingress_services, task_database
 
 STAGES = [TaskProgressStage.transcribing.value, TaskProgressStage.diarizing.value]
 
 
 async def test_restart_continues_after_the_watchers_cursor(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'tasks.db'}"
-    migrate(url)
-    db = Database(url)
-    repository.create_task(
-        db,
-        task_id="t",
-        task_type=TaskType.speech_to_text,
-        params=TaskParams(),
-        file_name=None,
-        audio_key=None,
-    )
-    lifecycle.claim(db, worker_id="w", limit=1, lease_seconds=60)
+    db = task_database(tmp_path / "tasks.db", "t", claimed_by="w")
+    url = str(db.engine.url)
     old = ProgressTracker(url, mirror_interval_s=3600)  # in-stage progress never mirrored
     await old.start("t", STAGES)
     await old.enter_stage("t", TaskProgressStage.diarizing.value)
@@ -103,14 +90,7 @@ def test_a_websocket_waits_out_a_dead_tracker_and_ends_with_the_terminal_event(
     tmp_path: Path,
 ) -> None:
     services = make_ingress_services(tmp_path, tracker=DyingTracker, ws_wait_seconds=0.2)
-    repository.create_task(
-        services.db,
-        task_id="t",
-        task_type=TaskType.speech_to_text,
-        params=TaskParams(),
-        file_name=None,
-        audio_key=None,
-    )
+    add_task(services.db, "t")
     tracker: DyingTracker = services.progress  # type: ignore[assignment]
     state = tracker.state("t")
     assert state is not None
