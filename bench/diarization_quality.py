@@ -1,13 +1,18 @@
 """Diarization quality on the bench set (bench/diarization_data.py builds it): DER, speaker
 count, WER and cpWER, for our engine and for the plain pyannote pipeline it replaced.
 
-    flock /tmp/wxs-heavy.lock python bench/diarization_quality.py [--side ours|pyannote]
-        [--true-count] [--set field=value ...] [--only KIND] [--json OUT]
+    flock /tmp/wxs-heavy.lock python bench/diarization_quality.py [--side ours|pyannote|service]
+        [--true-count] [--set field=value ...] [--only KIND] [--json OUT] [--url URL]
 
 * ``ours``: ``DiarizationEngine`` in-process with the offline parts (segmentation-3.0 +
   CAM++) and the configuration defaults; ``--set`` overrides DiarizationConfig fields.
 * ``pyannote``: the plain library ``SpeakerDiarization`` on the same models, configured as
   this service was before (step 0.1, AgglomerativeClustering average/0.5/min size 12).
+* ``service``: the running service at ``--url`` (``make run``), each clip uploaded as a
+  speech-to-text task with ``diarize=true`` (ASR, alignment, diarization); DER from the
+  result's ``speaker_turns``, WER/cpWER from its own speaker-labelled words, and a check
+  that the srt / vtt / txt / tsv downloads say exactly what the JSON segments say (words,
+  numbers, punctuation, speaker labels), on every clip.
 * ``--true-count``: also runs each clip with ``num_speakers`` = its true count.
 
 DER is pyannote.metrics' ``DiarizationErrorRate`` with overlap scored; "collar 0.25" is
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from collections import defaultdict
@@ -147,6 +153,108 @@ class PlainPyannote:
         ]
 
 
+class Service:
+    """The running service over HTTP: one speech-to-text task per clip, polled to its end."""
+
+    FORMATS = ("srt", "vtt", "txt", "tsv")
+
+    def __init__(self, url: str) -> None:
+        import httpx
+
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(base_url=self.url, timeout=60)
+        self.http.get("/health/ready").raise_for_status()
+        self.subtitle_problems: dict[str, list[str]] = {}
+        self.words: dict[tuple[str, int | None], list[dict]] = {}
+
+    def transcribe(self, clip: dict, num_speakers: int | None) -> dict:
+        import io
+        import wave
+
+        buf = io.BytesIO()
+        with wave.open(buf, "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(SR)
+            w.writeframes((np.clip(clip["audio"], -1, 1) * 32767).astype("<i2").tobytes())
+        params = {"diarize": "true", "language": "en"}
+        if num_speakers is not None:
+            params["num_speakers"] = str(num_speakers)
+        r = self.http.post(
+            "/speech-to-text",
+            params=params,
+            files={"file": (f"{clip['name']}.wav", buf.getvalue(), "audio/wav")},
+        )
+        r.raise_for_status()
+        task_id = r.json()["identifier"]
+        deadline = time.monotonic() + 1800
+        while True:
+            task = self.http.get(f"/task/{task_id}").json()
+            if task["status"] in ("completed", "failed", "cancelled"):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{clip['name']}: task {task_id} still {task['status']}")
+            time.sleep(0.5)
+        if task["status"] != "completed":
+            raise RuntimeError(f"{clip['name']}: task {task_id} {task['status']}: {task}")
+        rendered = {
+            fmt: self.http.get(f"/task/{task_id}/result", params={"format": fmt}).text
+            for fmt in self.FORMATS
+        }
+        key = f"{clip['name']} {'auto' if num_speakers is None else 'true-count'}"
+        self.subtitle_problems[key] = subtitle_mismatches(task["result"], rendered)
+        return task["result"]
+
+
+_LABEL = re.compile(r"^\[([^\]]+)\]: ")
+
+
+def _cue_blocks(text: str, fmt: str) -> list[tuple[str | None, str]]:
+    """(speaker, text) of each cue of an srt / vtt file; a cue's lines joined by a space."""
+    body = text.removeprefix("WEBVTT") if fmt == "vtt" else text
+    out = []
+    for block in re.split(r"\n\s*\n", body.strip()):
+        lines = [ln for ln in block.splitlines() if ln.strip()]
+        timed = next((i for i, ln in enumerate(lines) if "-->" in ln), None)
+        if timed is None:
+            continue
+        joined = " ".join(lines[timed + 1 :])
+        label = _LABEL.match(joined)
+        out.append((label.group(1) if label else None, _LABEL.sub("", joined)))
+    return out
+
+
+def subtitle_mismatches(result: dict, rendered: dict[str, str]) -> list[str]:
+    """Where a text download does not say what the JSON segments say: the same words in the
+    same order, each under the same speaker label."""
+    segments = [s for s in result["segments"] if s["text"].strip()]
+    want = [(s.get("speaker"), tok) for s in segments for tok in s["text"].split()]
+    problems = []
+    for fmt, text in rendered.items():
+        if fmt in ("srt", "vtt"):
+            got = [(spk, tok) for spk, cue in _cue_blocks(text, fmt) for tok in cue.split()]
+        elif fmt == "txt":
+            got = []
+            for line in text.splitlines():
+                label = _LABEL.match(line)
+                got += [
+                    (label.group(1) if label else None, t) for t in _LABEL.sub("", line).split()
+                ]
+        else:  # tsv: start, end, text[, speaker]
+            rows = [line.split("\t") for line in text.splitlines()[1:] if line.strip()]
+            got = [((r[3] or None) if len(r) > 3 else None, t) for r in rows for t in r[2].split()]
+        if got != want:
+            first = next(
+                (i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b),
+                min(len(got), len(want)),
+            )
+            problems.append(
+                f"{fmt}: word {first}: {got[first : first + 3]} vs json {want[first : first + 3]}"
+                f" ({len(got)} vs {len(want)} words)"
+            )
+    return problems
+
+
 # ------------------------------------------------------------------------------ text
 
 
@@ -175,11 +283,13 @@ def asr_words(clip: dict) -> list[dict]:
     return words
 
 
-def text_scores(clip: dict, turns: list) -> tuple[float, float, int] | None:
-    """(WER, cpWER, reference words) of the speaker-labelled transcript, or None."""
+def text_scores(clip: dict, turns: list, service_words: list | None = None):
+    """(WER, cpWER, reference words) of the speaker-labelled transcript, or None.
+
+    ``service_words``: the service's own words, each with its speaker; otherwise tiny.en
+    words in-process, labelled from ``turns`` by the service's assignment."""
     if not all(t.get("text") for t in clip["turns"]):
         return None
-    import jiwer
     from meeteval.wer import cp_word_error_rate
     from whisper_normalizer.english import EnglishTextNormalizer
 
@@ -187,6 +297,10 @@ def text_scores(clip: dict, turns: list) -> tuple[float, float, int] | None:
     from deployments.diarization import DiarizationEngine
 
     norm = EnglishTextNormalizer()
+    if service_words is not None:
+        return _wer_cpwer(
+            clip, norm, [(w.word, w.speaker or "none") for w in service_words], cp_word_error_rate
+        )
     words = asr_words(clip)
     transcript = Transcript(
         segments=[
@@ -200,15 +314,21 @@ def text_scores(clip: dict, turns: list) -> tuple[float, float, int] | None:
         ]
     )
     labelled = DiarizationEngine._assign(transcript, turns)
+    labelled_words = [(w.word, w.speaker or "none") for s in labelled.segments for w in s.words]
+    return _wer_cpwer(clip, norm, labelled_words, cp_word_error_rate)
+
+
+def _wer_cpwer(clip: dict, norm, words: list[tuple[str, str]], cp_word_error_rate):
+    import jiwer
+
     ref_by: dict[str, list[str]] = defaultdict(list)
     for t in clip["turns"]:
         ref_by[t["speaker"]].append(norm(t["text"]))
     hyp_by: dict[str, list[str]] = defaultdict(list)
-    for seg in labelled.segments:
-        for w in seg.words:
-            hyp_by[w.speaker or "none"].append(norm(w.word))
+    for word, speaker in words:
+        hyp_by[speaker].append(norm(word))
     ref_all = norm(" ".join(t["text"] for t in clip["turns"]))
-    hyp_all = norm(" ".join(w["word"] for w in words))
+    hyp_all = norm(" ".join(word for word, _ in words))
     wer = jiwer.wer(ref_all, hyp_all)
     refs = [" ".join(v).strip() for _, v in sorted(ref_by.items())]
     hyps = [" ".join(v).strip() for _, v in sorted(hyp_by.items())]
@@ -247,30 +367,37 @@ def count_timeline(count) -> object:
 
 
 def run(side, clips, *, true_count: bool) -> list[dict]:
-    from common.schemas import DiarizeRequest
+    from common.schemas import DiarizeRequest, Transcript
 
     counts: list = []
-    pipe = side.pipeline if isinstance(side, PlainPyannote) else side._pipeline
-    original_count = pipe.speaker_count
+    if not isinstance(side, Service):  # the segmentation's own speech, for the miss figure
+        pipe = side.pipeline if isinstance(side, PlainPyannote) else side._pipeline
+        original_count = pipe.speaker_count
 
-    def recording_count(*a, **k):
-        out = original_count(*a, **k)
-        counts.append(out)
-        return out
+        def recording_count(*a, **k):
+            out = original_count(*a, **k)
+            counts.append(out)
+            return out
 
-    pipe.speaker_count = recording_count
+        pipe.speaker_count = recording_count
     rows = []
     for clip in clips:
         modes = [None] + ([clip["num_speakers"]] if true_count else [])
         for num in modes:
             started = time.perf_counter()
-            if isinstance(side, PlainPyannote):
+            words = None
+            if isinstance(side, Service):
+                result = Transcript.model_validate(side.transcribe(clip, num))
+                turns = result.speaker_turns or []
+                words = [w for seg in result.segments for w in seg.words]
+            elif isinstance(side, PlainPyannote):
                 turns = side.turns(clip["audio"], num)
             else:
                 result = side.diarize(clip["audio"], DiarizeRequest(num_speakers=num))
                 turns = result.speaker_turns or []
             seconds = time.perf_counter() - started
-            rows.append(score(clip, turns, mode="true-count" if num else "auto", seconds=seconds))
+            mode = "true-count" if num else "auto"
+            rows.append(score(clip, turns, mode=mode, seconds=seconds, words=words))
             r = rows[-1]
             if counts:  # speech missed by ours vs by the segmentation model's own activity
                 r["our_miss"], r["speech"] = detection_miss(clip, hypothesis(clip["name"], turns))
@@ -284,7 +411,7 @@ def run(side, clips, *, true_count: bool) -> list[dict]:
     return rows
 
 
-def score(clip: dict, turns: list, *, mode: str, seconds: float) -> dict:
+def score(clip: dict, turns: list, *, mode: str, seconds: float, words: list | None = None) -> dict:
     from pyannote.metrics.diarization import DiarizationErrorRate
 
     ref, hyp = reference(clip), hypothesis(clip["name"], turns)
@@ -308,7 +435,7 @@ def score(clip: dict, turns: list, *, mode: str, seconds: float) -> dict:
         ):
             row[short + tag] = d[key]
         row["der" + tag] = d["diarization error rate"]
-    text = text_scores(clip, turns)
+    text = text_scores(clip, turns, words)
     if text is not None:
         row["wer"], row["cpwer"], row["ref_words"] = text
     return row
@@ -362,7 +489,8 @@ def table(rows: list[dict], title: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--side", choices=["ours", "pyannote"], default="ours")
+    ap.add_argument("--side", choices=["ours", "pyannote", "service"], default="ours")
+    ap.add_argument("--url", default="http://127.0.0.1:8000", help="the service (--side service)")
     ap.add_argument("--true-count", action="store_true")
     ap.add_argument("--only", help="clip types containing one of these (comma-separated)")
     ap.add_argument("--clips", help="only these clip names (comma-separated)")
@@ -372,7 +500,9 @@ def main() -> None:
     args = ap.parse_args()
     print(f"load average {os.getloadavg()}")
     clips = load_clips(args.data, args.only, args.clips)
-    if args.side == "pyannote":
+    if args.side == "service":
+        side = Service(args.url)
+    elif args.side == "pyannote":
         side = PlainPyannote()
     else:
         side = our_engine(dict(kv.split("=", 1) for kv in args.set))
@@ -380,6 +510,14 @@ def main() -> None:
     for r in rows:
         r["der_num"] = r["der"] * r["total"]
     print(table(rows, f"side={args.side} set={args.set}"))
+    if isinstance(side, Service):
+        bad = {k: v for k, v in side.subtitle_problems.items() if v}
+        print(
+            f"\nsubtitles (srt, vtt, txt, tsv) say what the JSON says on "
+            f"{len(side.subtitle_problems) - len(bad)} of {len(side.subtitle_problems)} results"
+        )
+        for key, problems in bad.items():
+            print(f"  {key}: {'; '.join(problems)}")
     print(f"load average {os.getloadavg()}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
