@@ -54,6 +54,7 @@ class EventPublisher:
         self._kick = asyncio.Event()  # Redis answered a ping: stop backing off
         self._worker: asyncio.Task[None] | None = None
         self._outage: str | None = None
+        self._closed = False
 
     def offer(self, task_id: str) -> None:
         """Note that ``task_id`` logged new events (call from the tracker's event loop)."""
@@ -87,17 +88,24 @@ class EventPublisher:
         return entry_seq(top[0][0]) if top else 0
 
     async def aclose(self) -> None:
-        if self._worker is not None:
+        """Stop the worker, then close the connection. The worker is told to stop and
+        cancelled until it has ended: a cancellation that lands inside a Redis call can be
+        lost on the way (seen in test_redis_events: the cancelled worker went back to
+        waiting for work, and a single ``cancel()`` + ``gather`` waited for ever)."""
+        self._closed = True
+        self._wake.set()
+        self._kick.set()
+        while self._worker is not None and not self._worker.done():
             self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
+            await asyncio.wait({self._worker}, timeout=1.0)
         await self._redis.aclose()
 
     async def _run(self) -> None:
         delay = self._retry[0]
-        while True:
+        while not self._closed:
             await self._wake.wait()
             self._wake.clear()
-            while self._pending:
+            while self._pending and not self._closed:
                 try:
                     await self._flush()
                 except OUTAGE as exc:

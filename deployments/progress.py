@@ -73,6 +73,7 @@ class ProgressTracker:
         self._mirrored: dict[str, tuple[float, TaskProgressStage]] = {}
         self._weights = dict(STAGE_WEIGHTS)  # learned from completed tasks on this cluster
         self._cancels: dict[str, asyncio.Future[bool]] = {}  # cancel signals, per running task
+        self._published_before: dict[str, int] = {}  # seqs an earlier incarnation put in Redis
         # Copies every logged event to Redis in the background (never blocks progress).
         self._bus = EventPublisher(events_bus, self._logged) if events_bus else None
 
@@ -200,13 +201,22 @@ class ProgressTracker:
         if row is None:
             return None
         state = state_from_row(row, self._weights)
+        in_stream = 0
         if self._bus is not None and not state.status.terminal:
             # The database mirror of seq lags (≤1 write/s inside a stage); Redis holds every
             # event a previous incarnation published. Continue after those, so clients that
             # saw them never get a reused seq.
-            state.seq = max(state.seq, await self._bus.last_seq(task_id))
+            in_stream = await self._bus.last_seq(task_id)
+            state.seq = max(state.seq, in_stream)
         state.replay_current()  # the rebuilt state is the event under its seq
-        return self._states.setdefault(task_id, state)
+        if task_id in self._states:  # another call rebuilt it meanwhile
+            return self._states[task_id]
+        if in_stream >= state.seq > 0:
+            # The stream already has an event under that seq (the earlier incarnation's):
+            # the replay is for this log's watchers, not a new event to publish.
+            self._published_before[task_id] = in_stream
+        self._states[task_id] = state
+        return state
 
     def _cancel_future(self, task_id: str) -> asyncio.Future[bool]:
         future = self._cancels.get(task_id)
@@ -241,7 +251,9 @@ class ProgressTracker:
     def _logged(self, task_id: str, after_seq: int) -> list[Event] | None:
         """The publisher's view of a task's log (None once the task was evicted)."""
         state = self._states.get(task_id)
-        return state.events_after(after_seq) if state is not None else None
+        if state is None:
+            return None
+        return state.events_after(max(after_seq, self._published_before.get(task_id, 0)))
 
     async def _mirror(self, state: TaskProgressState) -> None:
         now = time.monotonic()
@@ -274,6 +286,7 @@ class ProgressTracker:
         self._states.pop(task_id, None)
         self._changed.pop(task_id, None)
         self._mirrored.pop(task_id, None)
+        self._published_before.pop(task_id, None)
         self._release_cancel(task_id, False)
 
     def _evict_finished(self) -> None:

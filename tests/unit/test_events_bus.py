@@ -128,3 +128,31 @@ async def test_redis_down_uses_the_actor(tmp_path: Path) -> None:
     assert [e.seq for e in got or []] == [5] and actor.calls == [(4, 3.0)]
     got = await feed(tmp_path, None, actor, known=5).after(0)  # Redis not configured
     assert len(got or []) == 5
+
+
+@pytest.mark.timeout(20)  # the old close hung here for ever
+async def test_closing_the_publisher_ends_a_worker_that_lost_its_cancel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cancellation can be swallowed inside a Redis call; close still ends the worker
+    (one ``cancel()`` and a wait for the worker used to wait for ever)."""
+    import asyncio
+
+    from deployments.events_publisher import EventPublisher
+
+    publisher = EventPublisher(
+        EventsBusConfig(url="redis://127.0.0.1:1/0", app_name="t"), lambda *_: []
+    )
+    flushing = asyncio.Event()
+
+    async def swallowing_flush() -> None:
+        flushing.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            pass  # as a library might: the worker goes back to waiting for work
+
+    monkeypatch.setattr(publisher, "_flush", swallowing_flush)
+    publisher.offer("t")
+    await asyncio.wait_for(flushing.wait(), 5)
+    await asyncio.wait_for(publisher.aclose(), 5)
