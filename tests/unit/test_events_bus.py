@@ -137,6 +137,7 @@ async def test_closing_the_publisher_ends_a_worker_that_lost_its_cancel(
     """A cancellation can be swallowed inside a Redis call; close still ends the worker
     (one ``cancel()`` and a wait for the worker used to wait for ever)."""
     import asyncio
+    import contextlib
 
     from deployments.events_publisher import EventPublisher
 
@@ -147,10 +148,8 @@ async def test_closing_the_publisher_ends_a_worker_that_lost_its_cancel(
 
     async def swallowing_flush() -> None:
         flushing.set()
-        try:
-            await asyncio.sleep(30)
-        except asyncio.CancelledError:
-            pass  # as a library might: the worker goes back to waiting for work
+        with contextlib.suppress(asyncio.CancelledError):  # as a library might: the worker
+            await asyncio.sleep(30)  # goes back to waiting for work
 
     monkeypatch.setattr(publisher, "_flush", swallowing_flush)
     publisher.offer("t")
