@@ -287,15 +287,23 @@ class SlowFinished:
         monkeypatch.setattr(tracker, "finished", finished)
 
 
-async def test_a_run_cancelled_while_it_publishes_its_outcome_still_publishes_it(
+async def _completed_run_publishing(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> tuple[SlowFinished, Any, asyncio.Task[None]]:
+    """A run that completed and wrote its row, held inside the tracker's ``finished``."""
     slow = SlowFinished(setup, monkeypatch)
     setup.submit()
     setup.diarize.block.set()  # type: ignore[union-attr]
     runner = setup.runner("a")
     run = setup.start_on(runner)
     await asyncio.wait_for(slow.entered.wait(), 5)
+    return slow, runner, run
+
+
+async def test_a_run_cancelled_while_it_publishes_its_outcome_still_publishes_it(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slow, _, run = await _completed_run_publishing(setup, monkeypatch)
     assert setup.status() == "completed"  # the row is final, the event not yet out
     run.cancel()  # as a shutdown, or a second cancel, would
     await asyncio.wait_for(run, 2)  # the run ends (its outcome is written) ...
@@ -316,12 +324,7 @@ async def test_a_run_cancelled_while_it_publishes_its_outcome_still_publishes_it
 async def test_a_run_whose_row_is_final_is_not_stopped_as_a_lost_lease(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    slow = SlowFinished(setup, monkeypatch)
-    setup.submit()
-    setup.diarize.block.set()  # type: ignore[union-attr]
-    runner = setup.runner("a")
-    run = setup.start_on(runner)
-    await asyncio.wait_for(slow.entered.wait(), 5)
+    slow, runner, run = await _completed_run_publishing(setup, monkeypatch)
     await runner._renew_once()  # the row is final: no lease to renew, and nothing lost
     assert not run.cancelled() and not run.done()
     slow.release.set()
