@@ -101,9 +101,17 @@ class DiarizationConfig(_ModelConfig):
     coincides with in the overlapping windows. Cuts embedding time by N while the turns keep
     the segmentation step's resolution. At most 5, so the embedded windows still cover every
     frame."""
-    embedding_quantum: int = Field(10, ge=1)
+    embedding_frozen: bool = True
+    """Offline parts: on CPU, run CAM++ as a frozen TorchScript graph (batch norms folded
+    into the convolutions, oneDNN kernels): the same embeddings about 1.5x faster. False
+    runs the eager network (on CUDA it always does)."""
+    embedding_quantum: int = Field(50, ge=1)
     """Offline parts: a local speaker's active frames are shortened to a multiple of this
-    many 10 ms frames, so nearly equal items share a batch without padding."""
+    many 10 ms frames (50: at most 0.49 s dropped), so items of nearly equal length share a
+    batch without padding. CAM++ on CPU costs about half as much per frame in batches of 4+
+    as one at a time; 10 gave ~1 item per batch and 1.2-1.3x the time, 100 split a voice
+    on one bench clip (BENCHMARKS.md). A local speaker with less clean speech than three
+    quanta is embedded from all of its speech, overlap included."""
     min_duration_off: float = Field(0.0, ge=0)
     cpu_threads: int = Field(2, ge=1)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 import torchaudio.compliance.kaldi as kaldi
 from pyannote.audio import Model
 from torch import nn
+from torch.jit._trace import TracerWarning
 
 from deployments.audio import SAMPLE_RATE
 
@@ -293,6 +295,24 @@ def load_campplus(path: Path, device: torch.device) -> CamPlusPlusEmbedding:
     return model
 
 
+def frozen_for_cpu(model: CAMPPlus) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``model`` as a frozen TorchScript graph for CPU inference: each batch norm that
+    follows a convolution is folded into it and the convolutions run on oneDNN
+    (``torch.jit.optimize_for_inference``). It computes what the eager network computes
+    (within float rounding; tests/unit/test_campplus.py) about 1.5x faster on a 2-core CPU
+    (BENCHMARKS.md). The trace is valid for any batch and length: CAM++ has no branch on
+    its input, only sizes read from it, and the tracer records those as graph ops."""
+    example = torch.zeros(2, 237, NUM_MEL_BINS)
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", TracerWarning)  # sizes read from the input
+        traced = torch.jit.trace(model.eval(), example, check_trace=False)  # type: ignore[no-untyped-call]
+        frozen: Callable[[torch.Tensor], torch.Tensor] = torch.jit.optimize_for_inference(
+            torch.jit.freeze(traced)
+        )
+        frozen(example)  # the first call builds the oneDNN kernels
+    return frozen
+
+
 def masked_features(
     fbank_chunk: torch.Tensor, active: torch.Tensor, quantum: int, max_frames: int | None = None
 ) -> torch.Tensor:
@@ -315,7 +335,7 @@ def masked_features(
 
 @torch.inference_mode()
 def embed_batched(
-    model: CAMPPlus,
+    model: Callable[[torch.Tensor], torch.Tensor],
     items: list[torch.Tensor],
     batch_size: int,
     progress: Callable[[int], None] | None = None,

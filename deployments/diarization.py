@@ -126,6 +126,8 @@ class DiarizationEngine:
             else:
                 self._pipeline = self._build_pipeline(models_dir)
             self._pipeline.to(self._device)
+            if hasattr(self._pipeline, "network"):
+                self._pipeline.network()  # the frozen CPU graph, built now, not in a task
         except ServiceError:
             raise
         except Exception as e:
@@ -204,6 +206,7 @@ class DiarizationEngine:
                 embedding_quantum=config.embedding_quantum,
                 embedding_max_seconds=config.embedding_max_seconds,
                 embedding_stride=config.embedding_stride,
+                embedding_frozen=config.embedding_frozen,
                 clustering_params=ClusteringParams(
                     threshold=config.clustering_threshold,
                     min_cluster_seconds=config.min_cluster_seconds,

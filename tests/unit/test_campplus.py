@@ -174,3 +174,18 @@ def test_quantised_masked_embedding_stays_close_to_the_exact_one(
         exact = model(_noise(1, 1, 16_000 * 6, seed=5), weights=active[None].float())
         short = model.campplus(masked_features(feats, active, quantum=10)[None])
     assert torch.nn.functional.cosine_similarity(exact, short).item() > 0.99
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_frozen_cpu_graph_embeds_as_the_eager_network_at_any_length(
+    model: CamPlusPlusEmbedding, batch: int
+) -> None:
+    """The trace is taken at one shape; a size baked into it would show at the others."""
+    from deployments.campplus import MIN_NUM_FRAMES, frozen_for_cpu
+
+    frozen = frozen_for_cpu(model.campplus)
+    rng = torch.Generator().manual_seed(7)
+    with torch.inference_mode():
+        for frames in (MIN_NUM_FRAMES, 7, 10, 130, 237, 437, 1000):
+            feats = torch.randn(batch, frames, 80, generator=rng)
+            torch.testing.assert_close(frozen(feats), model.campplus(feats), atol=1e-4, rtol=1e-4)
