@@ -462,6 +462,8 @@ def test_the_task_list_filters_by_status_and_pages(page: Any, service: Service) 
 
     # a listed task opens: a finished, not completed one shows as a card with its status
     page.click("#list-next")
+    # the second page must be showing: clicking before it replaced the first opens another task
+    expect(rows.last).to_contain_text("old-00.wav")
     rows.last.locator("button").click()
     opened = page.locator(f'#cards .card[data-task="old00{"0" * 27}"]')
     expect(opened.locator(".badge")).to_have_text("cancelled")
