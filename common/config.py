@@ -103,15 +103,16 @@ class DiarizationConfig(_ModelConfig):
     frame."""
     embedding_frozen: bool = True
     """Offline parts: on CPU, run CAM++ as a frozen TorchScript graph (batch norms folded
-    into the convolutions, oneDNN kernels): the same embeddings about 1.5x faster. False
-    runs the eager network (on CUDA it always does)."""
+    into the convolutions, oneDNN kernels): the same embeddings, 1.3-2x faster per frame on
+    fixed shapes (BENCHMARKS.md). False runs the eager network (on CUDA it always does)."""
     embedding_quantum: int = Field(50, ge=1)
     """Offline parts: a local speaker's active frames are shortened to a multiple of this
     many 10 ms frames (50: at most 0.49 s dropped), so items of nearly equal length share a
-    batch without padding. CAM++ on CPU costs about half as much per frame in batches of 4+
-    as one at a time; 10 gave ~1 item per batch and 1.2-1.3x the time, 100 split a voice
-    on one bench clip (BENCHMARKS.md). A local speaker with less clean speech than three
-    quanta is embedded from all of its speech, overlap included."""
+    batch without padding. Frozen CAM++ on CPU costs about 0.07 ms per frame in batches of
+    4-8 items of 2-5 s, 0.10-0.14 ms one at a time; 10 gave ~1 item per batch and 1.2-1.3x
+    the diarization time, 100 split a voice on one bench clip (BENCHMARKS.md). A local
+    speaker with less clean speech than three quanta is embedded from all of its speech,
+    overlap included."""
     min_duration_off: float = Field(0.0, ge=0)
     cpu_threads: int = Field(2, ge=1)
 

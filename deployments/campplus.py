@@ -299,9 +299,10 @@ def frozen_for_cpu(model: CAMPPlus) -> Callable[[torch.Tensor], torch.Tensor]:
     """``model`` as a frozen TorchScript graph for CPU inference: each batch norm that
     follows a convolution is folded into it and the convolutions run on oneDNN
     (``torch.jit.optimize_for_inference``). It computes what the eager network computes
-    (within float rounding; tests/unit/test_campplus.py) about 1.5x faster on a 2-core CPU
-    (BENCHMARKS.md). The trace is valid for any batch and length: CAM++ has no branch on
-    its input, only sizes read from it, and the tracer records those as graph ops."""
+    (within float rounding; tests/unit/test_campplus.py), 1.3-2x faster per frame on a
+    2-core CPU at fixed shapes (BENCHMARKS.md). The trace is valid for any batch and length:
+    CAM++ has no branch on its input, only sizes read from it, and the tracer records those
+    as graph ops."""
     example = torch.zeros(2, 237, NUM_MEL_BINS)
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore", TracerWarning)  # sizes read from the input

@@ -126,7 +126,9 @@ class DiarizationEngine:
             else:
                 self._pipeline = self._build_pipeline(models_dir)
             self._pipeline.to(self._device)
-            if hasattr(self._pipeline, "network"):
+            from deployments.diarization_pipeline import BatchedCamppDiarization
+
+            if isinstance(self._pipeline, BatchedCamppDiarization):
                 self._pipeline.network()  # the frozen CPU graph, built now, not in a task
         except ServiceError:
             raise
