@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+import common.retry
 from common.retry import Retry, call_with_retry, instances_of
 
 pytestmark = pytest.mark.unit
@@ -28,15 +30,17 @@ class Flaky:
 
 @pytest.fixture
 def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """The waits asked for, without waiting them."""
+    """The waits the retry loop asks for, without waiting them. Only the loop's own sleeps
+    are replaced: the session's event loop may run other tests' leftover tasks, and their
+    sleeps are not ours to count."""
     asked: list[float] = []
-    sleep = asyncio.sleep
 
     async def fake_sleep(delay: float, *args: Any) -> None:
         asked.append(delay)
-        await sleep(0)
+        await asyncio.sleep(0)
 
-    monkeypatch.setattr(asyncio, "sleep", fake_sleep)
+    fake = SimpleNamespace(sleep=fake_sleep, get_running_loop=asyncio.get_running_loop)
+    monkeypatch.setattr(common.retry, "asyncio", fake)
     return asked
 
 
