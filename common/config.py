@@ -65,6 +65,14 @@ class AlignConfig(_ModelConfig):
     max_cached_models: int = Field(4, ge=1)
     cpu_threads: int = Field(2, ge=1)
 
+    def candidate_languages(self) -> frozenset[str] | None:
+        """Every language an aligner could serve with this configuration; ``None`` when
+        whisperx's defaults may serve more. A language outside it is not asked about, so an
+        alignment deployment scaled to zero is not woken to say no."""
+        if self.use_default_models:
+            return None
+        return frozenset(language.lower() for language in self.models)
+
 
 class DiarizationConfig(_ModelConfig):
     pipeline: str | None = "pyannote/speaker-diarization-community-1"

@@ -54,11 +54,17 @@ class AsrClient:
 
 
 class AlignClient:
-    def __init__(self, handle: Any) -> None:
+    """wav2vec2 alignment. ``languages``: all the deployment could serve (see
+    ``AlignConfig.candidate_languages``); others are answered here, without a call."""
+
+    def __init__(self, handle: Any, *, languages: frozenset[str] | None = None) -> None:
         self._handle = handle
         self._stream = handle.options(stream=True)
+        self._languages = languages
 
     async def supports(self, language: str) -> bool:
+        if self._languages is not None and language.lower() not in self._languages:
+            return False
         return bool(await self._handle.supports.remote(language))
 
     async def align(

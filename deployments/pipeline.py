@@ -56,6 +56,9 @@ Decoder = Callable[[str], Awaitable[DecodedAudio]]
 """Blob key → the decoded samples (by reference) and their duration."""
 DurationSink = Callable[[str, float], Awaitable[None]]
 CancelledByUser = Callable[[str], bool]
+ReplicaCount = Callable[[str], Awaitable[int | None]]
+"""Running replicas of a model deployment, by its stage's name (``"diarization"``);
+``None``: not known."""
 T = TypeVar("T")
 _NO_ALIGNER = "No wav2vec2 aligner for '{language}': word times from Whisper"
 
@@ -107,8 +110,12 @@ class TaskPipeline:
         record_attempts: int = 4,
         record_backoff_s: float = 0.5,
         cancelled_by_user: CancelledByUser | None = None,
+        running_replicas: ReplicaCount | None = None,
+        replica_check_after_s: float = 1.0,
     ) -> None:
         self._asr, self._align, self._diarize = asr, align, diarize
+        self._running_replicas = running_replicas
+        self._replica_check_after = replica_check_after_s
         self._progress = progress
         self._outcomes = outcomes
         self._decode = decode
@@ -437,15 +444,40 @@ class TaskPipeline:
                 f"(retry {retry} of {self._stage_retries})",
             )
 
-        return await call_with_retry(
-            attempt,
-            Retry(
-                is_replica_failure,
-                attempts=self._stage_retries + 1,
-                first_delay_s=self._retry_backoff,
-            ),
-            on_retry=retrying,
+        policy = Retry(
+            is_replica_failure, attempts=self._stage_retries + 1, first_delay_s=self._retry_backoff
         )
+        watch = asyncio.create_task(self._note_cold_start(task, what))
+        try:
+            return await call_with_retry(attempt, policy, on_retry=retrying)
+        finally:
+            watch.cancel()
+
+    async def _note_cold_start(self, task: TaskInput, what: str) -> None:
+        """A stage still waiting after ``replica_check_after_s`` on a deployment with no
+        running replica (scaled to zero, or its replica being replaced) says so in the
+        task's progress, and again once a replica runs, with how long it took to start."""
+        if self._running_replicas is None:
+            return
+        await asyncio.sleep(self._replica_check_after)
+        try:
+            if await self._running_replicas(what) != 0:
+                return
+            started = time.monotonic()
+            await self._progress.note(
+                task.task_id,
+                f"Waiting for a {what} replica to start (it loads its model first)",
+            )
+            while await self._running_replicas(what) == 0:
+                await asyncio.sleep(0.5)
+            await self._progress.note(
+                task.task_id,
+                f"{what.capitalize()} replica started in {time.monotonic() - started:.1f} s",
+            )
+        except Exception:  # a note is never worth failing the stage for
+            logger.warning(
+                "cold start check failed", extra={"task_id": task.task_id}, exc_info=True
+            )
 
 
 def _warn(transcript: Transcript, code: WarningCode, message: str) -> Transcript:

@@ -35,7 +35,7 @@ import os
 import socket
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from ray import serve
 from ray.exceptions import RayError
@@ -213,6 +213,32 @@ class TaskOutcomes:
             )
 
 
+class ServeReplicaCount:
+    """Running replicas of this app's model deployment for a pipeline stage, from Serve's
+    status (the pipeline asks only when a stage has waited a while)."""
+
+    DEPLOYMENTS: ClassVar[dict[str, str]] = {
+        "transcription": "AsrDeployment",
+        "word timing": "AsrDeployment",
+        "alignment": "AlignmentDeployment",
+        "diarization": "DiarizationDeployment",
+    }
+
+    def __init__(self, app_name: str) -> None:
+        self._app_name = app_name
+
+    async def __call__(self, stage: str) -> int | None:
+        name = self.DEPLOYMENTS.get(stage)
+        if name is None:
+            return None
+        status = await asyncio.to_thread(serve.status)
+        app = status.applications.get(self._app_name)
+        deployment = app.deployments.get(name) if app is not None else None
+        if deployment is None:
+            return None
+        return sum(n for state, n in deployment.replica_states.items() if state == "RUNNING")
+
+
 @serve.deployment(name="TaskRunner", max_ongoing_requests=1000)
 class TaskRunner:
     async def __init__(  # type: ignore[misc]  # Serve runs async constructors
@@ -225,6 +251,7 @@ class TaskRunner:
         config: RunnerConfig,
         default_language: str | None = None,
         model_languages: dict[str, str | None] | None = None,
+        align_languages: frozenset[str] | None = None,
     ) -> None:
         settings = Settings()
         configure_service_logging(settings.log_level)
@@ -238,7 +265,7 @@ class TaskRunner:
         self._setup(db, config, progress, worker_id, settings)
         self._pipeline = TaskPipeline(
             asr=AsrClient(asr),
-            align=AlignClient(alignment),
+            align=AlignClient(alignment, languages=align_languages),
             diarize=DiarizeClient(diarization),
             progress=self._progress,
             outcomes=self._outcomes,
@@ -249,6 +276,7 @@ class TaskRunner:
             stage_retries=config.stage_retries,
             stage_retry_backoff_s=config.stage_retry_backoff_seconds,
             cancelled_by_user=self._stopping.__contains__,
+            running_replicas=ServeReplicaCount(serve.get_replica_context().app_name),
         )
         self._claim_loop = asyncio.create_task(self._claim_forever())
         self._lease_loop = asyncio.create_task(self._renew_forever())

@@ -105,6 +105,7 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         model_languages={
             name: default_language(args.asr, name, models_path) for name in args.asr.models
         },
+        align_languages=args.alignment.candidate_languages(),
     )
     built: Application = Ingress.bind(
         task_runner,

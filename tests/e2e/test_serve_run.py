@@ -63,6 +63,11 @@ async def test_jfk_over_http_and_websocket(served: str, jfk_path: Path) -> None:
     stream = await collect(served.replace("http", "ws", 1), task_id, after_seq=0)
     assert_well_ordered(stream)
     assert stream.events[-1]["status"] == "completed"
+    # The config starts diarization at zero replicas (this module's only task wakes it):
+    # the task says so while it waits, then how long the replica took to start.
+    notes = [e["message"] for e in stream.events if "replica" in (e.get("message") or "")]
+    assert notes[0].startswith("Waiting for a diarization replica to start"), notes
+    assert notes[-1].startswith("Diarization replica started in "), notes
 
     polled = httpx.get(f"{served}/tasks/{task_id}/progress", timeout=10).json()
     assert polled == {

@@ -95,7 +95,9 @@ def test_config_entries_reach_the_deployments(models_dir: Path) -> None:
     asr = deployments["AsrDeployment"]._deployment_config.autoscaling_config
     assert (asr.min_replicas, asr.max_replicas, asr.upscale_delay_s) == (1, 2, 5)
     assert deployments["AsrDeployment"].ray_actor_options["num_cpus"] == 0.25
-    assert deployments["DiarizationDeployment"]._deployment_config.autoscaling_config is None
+    for unused_by_asr_only in ("AlignmentDeployment", "DiarizationDeployment"):
+        scaling = deployments[unused_by_asr_only]._deployment_config.autoscaling_config
+        assert (scaling.min_replicas, scaling.initial_replicas, scaling.max_replicas) == (0, 0, 1)
     with pytest.raises(AssertionError, match="name no deployment"):
         with_deployment_options(app, [{"name": "Asr", "num_replicas": 2}])
 

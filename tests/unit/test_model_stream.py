@@ -200,3 +200,36 @@ async def test_the_clients_call_the_models_as_streams() -> None:
     assert [m for m, _ in handle.calls] == ["transcribe", "add_word_timestamps", "align", "diarize"]
     assert all(args[0] is audio for _, args in handle.calls)
     assert seen == [100.0] * 4
+
+
+class AskedHandle:
+    """A handle whose ``supports`` answers True and records each language asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+        outer = self
+
+        class Supports:
+            @staticmethod
+            async def remote(language: str) -> bool:
+                outer.asked.append(language)
+                return True
+
+        self.supports = Supports()
+
+    def options(self, *, stream: bool = False) -> AskedHandle:
+        return self
+
+
+async def test_a_language_no_configured_aligner_serves_is_answered_without_a_call() -> None:
+    from common.config import AlignConfig
+
+    handle = AskedHandle()
+    only_de = AlignConfig(use_default_models=False, models={"DE": "/models/de"})
+    align = AlignClient(handle, languages=only_de.candidate_languages())
+    assert await align.supports("en") is False  # the deployment (maybe at zero) is not woken
+    assert await align.supports("de") is True
+    assert handle.asked == ["de"]
+    assert AlignConfig().candidate_languages() is None  # defaults may serve any language
+    assert await AlignClient(handle).supports("en") is True
+    assert handle.asked == ["de", "en"]

@@ -566,3 +566,52 @@ async def test_a_failing_progress_report_never_fails_the_stage() -> None:
     outcome = await _with_progress(progress).run(task())
     assert outcome.status is TaskStatus.completed
     assert progress.result is not None
+
+
+class ScaledToZero:
+    """Replica counts as Serve would give them: diarization at zero until its first call
+    has waited ``starts_after`` checks; ASR always running."""
+
+    def __init__(self, starts_after: int) -> None:
+        self.asked: list[str] = []
+        self.starts_after = starts_after
+
+    async def __call__(self, stage: str) -> int | None:
+        self.asked.append(stage)
+        if stage != "diarization":
+            return 1
+        return 1 if self.asked.count("diarization") > self.starts_after else 0
+
+
+class SlowDiarize(FakeDiarize):
+    async def diarize(
+        self, audio: np.ndarray, req: DiarizeRequest, *, progress: ProgressFn | None = None
+    ) -> Transcript:
+        await asyncio.sleep(0.7)  # past the check and one replica poll
+        return await super().diarize(audio, req, progress=progress)
+
+
+async def test_a_stage_waiting_on_a_deployment_at_zero_says_it_is_starting_and_for_how_long() -> (
+    None
+):
+    progress, counts = FakeProgress(), ScaledToZero(starts_after=1)
+    pipeline = pipeline_of(
+        diarize=SlowDiarize(),
+        progress=progress,
+        running_replicas=counts,
+        replica_check_after_s=0.05,
+    )
+    outcome = await pipeline.run(task(align=False))
+    assert outcome.status is TaskStatus.completed
+    notes = [c[1] for c in progress.calls if c[0] == "note"]
+    assert len(notes) == 2, notes
+    assert notes[0].startswith("Waiting for a diarization replica to start")
+    assert notes[1].startswith("Diarization replica started in ")
+
+
+async def test_a_stage_with_a_running_replica_or_a_quick_answer_notes_nothing() -> None:
+    progress, counts = FakeProgress(), ScaledToZero(starts_after=0)
+    pipeline = pipeline_of(progress=progress, running_replicas=counts, replica_check_after_s=5)
+    assert (await pipeline.run(task(align=False))).status is TaskStatus.completed
+    assert counts.asked == []  # every stage answered before the check was due
+    assert not [c for c in progress.calls if c[0] == "note"]
