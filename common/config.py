@@ -220,6 +220,12 @@ class IngressConfig(BaseModel):
     """Longest wait for the next bytes of a request body before answering 408."""
     body_timeout_seconds: float = Field(3600.0, gt=0)
     """Longest time a whole request body may take to arrive (408 after)."""
+    finished_cache_bytes: int = Field(64 * 1024**2, ge=0)
+    """Finished tasks' answers kept in each ingress replica's memory (``ingress.hot_reads``),
+    so polls after the end need no database or tracker round trip; 0: off."""
+    finished_cache_seconds: float = Field(5.0, ge=0)
+    """How long one is kept: the longest another ingress replica may still serve a task
+    deleted through this one (the replica that deletes forgets it at once); 0: off."""
 
 
 class AppArgs(BaseModel):

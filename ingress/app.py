@@ -23,6 +23,7 @@ from ingress.auth import install_auth, log_auth_state
 from ingress.catalog import AsrCatalog
 from ingress.errors import document_error_shape, install_error_handlers
 from ingress.events_reader import RedisEventReader
+from ingress.hot_reads import FinishedTasks
 from ingress.limits import RequestLimitsMiddleware
 from ingress.request_id import RequestIdMiddleware, serve_request_id
 from ingress.routes import audio, health, openai_compat, results, speakers, stages, tasks
@@ -135,6 +136,9 @@ class Ingress:
             deployments_ready=deployments_ready,
             events=RedisEventReader(bus, publisher_state=publisher_state) if bus else None,
             asr_catalog=asr_catalog,
+            finished=FinishedTasks(
+                max_bytes=config.finished_cache_bytes, ttl_s=config.finished_cache_seconds
+            ),
         )
         await asyncio.to_thread(log_auth_state, self._services.db, config)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Protocol
 
 from fastapi import Depends, Request
@@ -13,6 +13,7 @@ from common.schemas import TaskSnapshot, TaskStatus
 from common.settings import Settings
 from deployments.progress_state import Event
 from ingress.catalog import AsrCatalog
+from ingress.hot_reads import FinishedTasks
 from storage.blobs import BlobStore
 from storage.db import Database
 
@@ -63,6 +64,10 @@ class IngressServices:
     """Redis event reader when ``redis_url`` is set; the tracker actor is the fallback."""
     asr_catalog: AsrCatalog | None = None
     """The models (and their languages) the ASR deployment serves; ``None``: not checked."""
+    finished: FinishedTasks = field(
+        default_factory=lambda: FinishedTasks(max_bytes=0, ttl_s=0)  # off unless given
+    )
+    """Finished tasks' answers in this replica's memory (``ingress.hot_reads``)."""
 
 
 def get_services(request: Request) -> IngressServices:

@@ -16,6 +16,7 @@ from common.config import IngressConfig
 from common.schemas import TaskParams, TaskSnapshot, TaskStatus, TaskType
 from common.settings import Settings
 from deployments.progress_state import Event, TaskProgressState
+from ingress.hot_reads import FinishedTasks
 from ingress.services import EventStreamReader, IngressServices, ProgressReader
 from ingress.services import Notifier as RunnerLink
 from storage import lifecycle, repository
@@ -123,9 +124,13 @@ def make_ingress_services(
     async def deployments_ready() -> dict[str, str]:
         return dict(ready or {})
 
+    config = config or IngressConfig()
     return IngressServices(
         settings=settings_,
-        config=config or IngressConfig(),
+        config=config,
+        finished=FinishedTasks(
+            max_bytes=config.finished_cache_bytes, ttl_s=config.finished_cache_seconds
+        ),
         db=db,
         blobs=blob_store_from(settings_, db),
         progress=progress,

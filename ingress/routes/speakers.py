@@ -79,6 +79,7 @@ async def put_task_speakers(
     updated = await asyncio.to_thread(
         repository.set_speaker_names, services.db, task_id=identifier, names=names
     )
+    services.finished.evict(identifier)  # its kept answer has the old names
     if updated is None:  # deleted meanwhile
         raise task_not_found(identifier)
     return TaskSpeakers(identifier=identifier, names=dict(updated.speaker_names or {}))

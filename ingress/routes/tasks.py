@@ -7,7 +7,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Query, Request, UploadFile
+from fastapi import APIRouter, File, Query, Request, Response, UploadFile
 from pydantic import BeforeValidator
 
 from common.schemas import (
@@ -20,10 +20,10 @@ from common.schemas import (
     TaskType,
 )
 from deployments.progress_state import state_from_row
-from ingress.auth import CallerDep, task_not_found, visible_task
+from ingress.auth import Caller, CallerDep, task_not_found, visible_task
 from ingress.errors import error_responses
 from ingress.params import SpeechParams
-from ingress.services import ServicesDep
+from ingress.services import IngressServices, ServicesDep
 from ingress.submit import accept_upload
 from storage import repository
 
@@ -122,8 +122,20 @@ def _aware(value: datetime | None) -> datetime | None:
     summary="A task: status, result, error and timings",
     responses=error_responses(404),
 )
-async def get_task(identifier: str, services: ServicesDep, caller: CallerDep) -> TaskPublic:
-    return (await visible_task(services.db, caller, identifier)).to_public().redacted()
+async def get_task(identifier: str, services: ServicesDep, caller: CallerDep) -> Response:
+    kept = services.finished.body("task", identifier, caller.owner_scope)
+    if kept is not None:
+        return _json(kept)
+    row = await visible_task(services.db, caller, identifier)
+    body = row.to_public().redacted().model_dump_json().encode()
+    if TaskStatus(row.status).terminal:
+        services.finished.put("task", identifier, body, owner_key_id=row.owner_key_id)
+    return _json(body)
+
+
+def _json(body: bytes) -> Response:
+    """A body already serialised from its response model (``response_model`` documents it)."""
+    return Response(body, media_type="application/json")
 
 
 @router.post(
@@ -139,7 +151,7 @@ async def get_task(identifier: str, services: ServicesDep, caller: CallerDep) ->
     ),
     responses=error_responses(404, 503),
 )
-async def cancel_task(identifier: str, services: ServicesDep, caller: CallerDep) -> TaskProgress:
+async def cancel_task(identifier: str, services: ServicesDep, caller: CallerDep) -> Response:
     await visible_task(services.db, caller, identifier)
     # The runner makes the transition (and publishes it, and sends the callback of a task
     # that was still queued) before it answers, so the progress read below shows it.
@@ -165,6 +177,7 @@ async def delete_task(identifier: str, services: ServicesDep, caller: CallerDep)
             # that still holds it finds nothing to finish
             logger.warning("could not cancel task %s before deleting it", identifier, exc_info=True)
     deleted = await asyncio.to_thread(repository.delete_task, services.db, task_id=identifier)
+    services.finished.evict(identifier)  # after the delete: a read meanwhile kept it again
     if deleted is None:
         raise task_not_found(identifier)
     if deleted.audio_key:  # the database store's copy went with the row
@@ -184,11 +197,18 @@ async def delete_task(identifier: str, services: ServicesDep, caller: CallerDep)
     summary="Current progress of a task (polling fallback to the WebSocket)",
     responses=error_responses(404),
 )
-async def get_task_progress(
-    identifier: str, services: ServicesDep, caller: CallerDep
-) -> TaskProgress:
-    if caller.owner_scope is not None:  # auth on, not an admin: is it this key's task?
-        await visible_task(services.db, caller, identifier)
+async def get_task_progress(identifier: str, services: ServicesDep, caller: CallerDep) -> Response:
+    kept = services.finished.body("progress", identifier, caller.owner_scope)
+    if kept is not None:
+        return _json(kept)
+    return _json(await _progress_body(identifier, services, caller))
+
+
+async def _progress_body(identifier: str, services: IngressServices, caller: Caller) -> bytes:
+    owner: str | None = None
+    owner_known = caller.owner_scope is not None
+    if owner_known:  # auth on, not an admin: is it this key's task?
+        owner = (await visible_task(services.db, caller, identifier)).owner_key_id
     try:
         snap = await services.progress.snapshot(identifier)
     except Exception:  # tracker unreachable: the database is the durable copy
@@ -202,4 +222,9 @@ async def get_task_progress(
         position = await asyncio.to_thread(
             repository.queue_position, services.db, task_id=identifier
         )
-    return TaskProgress.from_snapshot(snap, queue_position=position)
+    body = TaskProgress.from_snapshot(snap, queue_position=position).model_dump_json().encode()
+    if snap.status.terminal:
+        services.finished.put(
+            "progress", identifier, body, owner_key_id=owner, owner_known=owner_known
+        )
+    return body
