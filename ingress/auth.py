@@ -354,7 +354,7 @@ def caller_of(connection: HTTPConnection) -> Caller:
     return caller
 
 
-def _current_caller(request: Request) -> Caller:
+async def _current_caller(request: Request) -> Caller:  # async: no thread hop per request
     return caller_of(request)
 
 

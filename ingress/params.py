@@ -16,7 +16,7 @@ from common.netguard.policy import check_url
 from common.schemas import AlignOptions, AsrOptions, ComputeType, InterpolateMethod, TaskParams
 
 
-def asr_options(
+async def asr_options(
     model: Annotated[
         str | None,
         Query(max_length=200, description="Whisper model; one the ASR deployment serves."),
@@ -108,7 +108,7 @@ def asr_options(
         raise validation_error_from(exc) from None
 
 
-def align_options(
+async def align_options(
     align_model: Annotated[
         str | None,
         Query(max_length=200, description="wav2vec2 aligner; one the alignment deployment serves."),
@@ -166,7 +166,7 @@ def build_params(**fields: object) -> TaskParams:
         raise validation_error_from(exc) from None
 
 
-def speech_params(
+async def speech_params(
     asr: Annotated[AsrOptions, Depends(asr_options)],
     alignment: Annotated[AlignOptions, Depends(align_options)],
     speakers: Annotated[SpeakerOptions, Depends()],

@@ -70,7 +70,7 @@ class IngressServices:
     """Finished tasks' answers in this replica's memory (``ingress.hot_reads``)."""
 
 
-def get_services(request: Request) -> IngressServices:
+async def get_services(request: Request) -> IngressServices:  # async: no thread hop
     services: IngressServices = request.app.state.services
     return services
 

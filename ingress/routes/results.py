@@ -47,7 +47,7 @@ def download_stem(task: TaskPublic) -> str:
     return task.identifier
 
 
-def subtitle_options(
+async def subtitle_options(
     highlight_words: Annotated[
         bool, Query(description="srt/vtt: underline each word as it is spoken.")
     ] = False,
