@@ -31,8 +31,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -224,19 +226,32 @@ class ServeReplicaCount:
         "diarization": "DiarizationDeployment",
     }
 
+    MAX_AGE_S = 1.0
+
     def __init__(self, app_name: str) -> None:
         self._app_name = app_name
+        self._lock = asyncio.Lock()
+        self._status: Any = None
+        self._read_at = -math.inf
 
     async def __call__(self, stage: str) -> int | None:
         name = self.DEPLOYMENTS.get(stage)
         if name is None:
             return None
-        status = await asyncio.to_thread(serve.status)
+        # One status read at a time, shared for a second: a burst of waiting stages must
+        # not fill the default thread pool the database calls (lease renewals) need.
+        async with self._lock:
+            now = time.monotonic()
+            if now - self._read_at > self.MAX_AGE_S:
+                self._status = await asyncio.to_thread(serve.status)
+                self._read_at = time.monotonic()
+            status = self._status
         app = status.applications.get(self._app_name)
         deployment = app.deployments.get(name) if app is not None else None
         if deployment is None:
             return None
-        return sum(n for state, n in deployment.replica_states.items() if state == "RUNNING")
+        running = (n for state, n in deployment.replica_states.items() if state == "RUNNING")
+        return int(sum(running))
 
 
 @serve.deployment(name="TaskRunner", max_ongoing_requests=1000)
