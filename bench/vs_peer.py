@@ -53,6 +53,7 @@ import aiohttp
 import httpx
 import psutil
 import yaml
+from polling import client_loop as _poller  # the same load generator as bench/polling.py
 
 from tests.processes import interrupt_group, start_group
 
@@ -241,19 +242,6 @@ async def burst(server: Server, clip: Path, n: int) -> tuple[float, float]:
         ids = await asyncio.gather(*(submit(client, server, clip) for _ in range(n)))
         done = await asyncio.gather(*(completed(client, server, i) for i in ids))
         return max(done) - started, min(done) - started
-
-
-async def _poller(
-    session: aiohttp.ClientSession, url: str, until: float, latencies: list[float]
-) -> int:
-    errors = 0
-    while time.perf_counter() < until:
-        started = time.perf_counter()
-        async with session.get(url) as r:
-            await r.read()
-            errors += r.status != 200
-        latencies.append((time.perf_counter() - started) * 1000)
-    return errors
 
 
 async def polling(url: str, clients: int, duration: float, tree: Tree) -> dict[str, float]:
