@@ -13,6 +13,7 @@ from common.schemas import TaskSnapshot, TaskStatus
 from common.settings import Settings
 from deployments.progress_state import Event
 from ingress.catalog import AsrCatalog
+from ingress.fanout import TaskFanout
 from ingress.hot_reads import FinishedTasks
 from storage.blobs import BlobStore
 from storage.db import Database
@@ -68,6 +69,8 @@ class IngressServices:
         default_factory=lambda: FinishedTasks(max_bytes=0, ttl_s=0)  # off unless given
     )
     """Finished tasks' answers in this replica's memory (``ingress.hot_reads``)."""
+    fanout: TaskFanout = field(default_factory=TaskFanout)
+    """One event reader per watched task, shared by its WebSockets (``ingress.fanout``)."""
 
 
 async def get_services(request: Request) -> IngressServices:  # async: no thread hop

@@ -3,7 +3,9 @@
 Events come from the task's Redis stream when Redis is configured and can serve them
 gap-free (so the tracker actor is not asked once per event per watcher), else from the
 tracker actor (``events_after``), which answers as soon as a new event exists. Either way
-nothing here polls or sleeps, and a seq is sent at most once. ``?after_seq=N`` resumes a
+nothing here polls or sleeps, and a seq is sent at most once. All the sockets of one task
+on this replica share one reader (``ingress.fanout``): one read and one serialisation per
+event, however many watch. ``?after_seq=N`` resumes a
 stream after a reconnect without gaps, on any ingress replica. A client that connects
 after the task ended still receives the terminal event before the close.
 """
@@ -13,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from typing import Annotated
+from collections.abc import Awaitable
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect, status
 
@@ -22,9 +25,11 @@ from common.errors import TaskNotFoundError, is_replica_failure
 from common.schemas import TaskSnapshot
 from deployments.progress_state import Event
 from ingress.auth import Caller, caller_of, visible_task, ws_subprotocol
+from ingress.fanout import End, Frame, TaskChannel
 from ingress.services import IngressServices
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 router = APIRouter()
 
 CLOSE_TASK_NOT_FOUND = 4404
@@ -107,16 +112,10 @@ async def _serve(
         # The client has seen the terminal event already: nothing more will come.
         await websocket.close(status.WS_1000_NORMAL_CLOSURE, snap.status.value)
         return
-    feed = EventFeed(services, task_id, known_seq=snap.seq)
     try:
-        await _stream(websocket, feed, cursor)
+        await _stream(websocket, services, task_id, cursor, snap.seq)
     except WebSocketDisconnect:
         logger.debug("websocket client left", extra={"task_id": task_id})
-    except TrackerUnavailable:
-        logger.warning("progress tracker stayed unavailable", extra={"task_id": task_id})
-        await websocket.close(
-            CLOSE_TRACKER_UNAVAILABLE, "progress tracker unavailable; poll /tasks/{id}/progress"
-        )
 
 
 def _start_cursor(snap: TaskSnapshot, after_seq: int | None) -> int:
@@ -207,31 +206,75 @@ async def _until_disconnect(websocket: WebSocket) -> None:
             return
 
 
-async def _stream(websocket: WebSocket, feed: EventFeed, cursor: int) -> None:
+class _Left(Exception):
+    """The client went away while this handler waited."""
+
+
+async def _unless_left(work: Awaitable[T], disconnected: asyncio.Future[None]) -> T:
+    job = asyncio.ensure_future(work)
+    pending: set[asyncio.Future[object]] = {job, disconnected}  # type: ignore[arg-type]
+    await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+    if not job.done():
+        job.cancel()
+        raise _Left
+    return job.result()
+
+
+async def _stream(
+    websocket: WebSocket,
+    services: IngressServices,
+    task_id: str,
+    cursor: int,
+    known_seq: int,
+) -> None:
+    """Send every event after ``cursor`` from the task's shared channel (``ingress.fanout``),
+    then close with the reason the stream ended."""
+
+    def feed() -> EventFeed:
+        return EventFeed(services, task_id, known_seq=known_seq)
+
     disconnected = asyncio.ensure_future(_until_disconnect(websocket))
+    channel = services.fanout.join(task_id, cursor, feed)
+    own: EventFeed | None = None  # for the events before the channel's window, if any
     try:
         while True:
-            fetch = asyncio.ensure_future(feed.after(cursor))
-            done, _ = await asyncio.wait({fetch, disconnected}, return_when=asyncio.FIRST_COMPLETED)
-            if disconnected in done:
-                fetch.cancel()
-                return
-            events = fetch.result()
-            if events is None:
-                await websocket.close(CLOSE_TASK_NOT_FOUND, "task not found")
-                return
-            if not events and await feed.ended(cursor):
-                # Nothing new and nothing to come (the terminal event is at or before the
-                # cursor): close instead of asking again at once, for ever.
-                await websocket.close(status.WS_1000_NORMAL_CLOSURE, "task ended")
-                return
-            for event in events:
-                if event.seq <= cursor:
-                    continue  # already sent (the two sources overlap when switching)
-                await websocket.send_text(event.model_dump_json())
-                cursor = event.seq
-                if event.status.terminal:
-                    await websocket.close(status.WS_1000_NORMAL_CLOSURE, event.status.value)
+            if cursor < channel.base:
+                own = own or feed()
+                events = await _unless_left(own.after(cursor), disconnected)
+                if events is None:
+                    await websocket.close(CLOSE_TASK_NOT_FOUND, "task not found")
                     return
+                frames = [Frame.of(e) for e in events if e.seq > cursor]
+            else:
+                await _unless_left(channel.news(cursor), disconnected)
+                frames = channel.frames_after(cursor)
+            for frame in frames:
+                await websocket.send_text(frame.text)
+                cursor = frame.seq
+                if frame.terminal is not None:
+                    await websocket.close(status.WS_1000_NORMAL_CLOSURE, frame.terminal)
+                    return
+            if channel.ended is not None and cursor >= channel.head:
+                await _close_ended(websocket, channel)
+                return
+    except _Left:
+        return
     finally:
         disconnected.cancel()
+        services.fanout.leave(channel)
+
+
+async def _close_ended(websocket: WebSocket, channel: TaskChannel) -> None:
+    if channel.ended == End.NOT_FOUND:
+        await websocket.close(CLOSE_TASK_NOT_FOUND, "task not found")
+    elif channel.ended == End.OVER:
+        # Nothing new and nothing to come (the terminal event is at or before the cursor).
+        await websocket.close(status.WS_1000_NORMAL_CLOSURE, "task ended")
+    else:
+        if isinstance(channel.error, TrackerUnavailable):
+            logger.warning(
+                "progress tracker stayed unavailable", extra={"task_id": channel.task_id}
+            )
+        await websocket.close(
+            CLOSE_TRACKER_UNAVAILABLE, "progress tracker unavailable; poll /tasks/{id}/progress"
+        )
