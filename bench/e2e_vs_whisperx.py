@@ -9,9 +9,13 @@ process; the service side is submit → terminal WebSocket event → ``GET /task
 
 Clips: pyannote's two-speaker sample (30 s) and a ~5 min mix of it and jfk.flac.
 
+The service runs twice, as shipped (diarization beside ASR: ``runner.diarize_alongside_asr``)
+and with diarization after ASR, each after one untimed task that wakes every replica (the
+local config starts diarization at zero replicas).
+
     .venv/bin/python bench/e2e_vs_whisperx.py --runs 3
 
-Prints per-clip medians and the ratio service / plain (overhead of the graph).
+Prints per-clip medians and the ratios service / plain.
 """
 
 from __future__ import annotations
@@ -37,21 +41,35 @@ def main() -> None:
     plain_times = {name: c.time_plain(plain, path, args.runs) for name, path in clips.items()}
     del plain
 
-    service = c.start_service()
-    try:
-        served = {
-            name: [asyncio.run(c.run_task(service, path, align="false")) for _ in range(args.runs)]
-            for name, path in clips.items()
-        }
-    finally:
-        c.stop_service()
+    variants = {"beside ASR": True, "after ASR": False}
+    served: dict[str, dict[str, list[float]]] = {}
+    for variant, alongside in variants.items():
+        service = c.start_service({"runner": {"diarize_alongside_asr": alongside}})
+        try:
+            asyncio.run(c.run_task(service, clips["30 s (2 speakers)"], align="false"))  # warm
+            served[variant] = {
+                name: [
+                    asyncio.run(c.run_task(service, path, align="false")) for _ in range(args.runs)
+                ]
+                for name, path in clips.items()
+            }
+        finally:
+            c.stop_service()
 
     rows = []
     for name in clips:
-        p, s = c.median(plain_times[name]), c.median(served[name])
-        rows.append([name, p, s, s / p])
+        p = c.median(plain_times[name])
+        beside, after = (c.median(served[v][name]) for v in variants)
+        rows.append([name, p, beside, after, beside / p, after / p])
     c.table(
-        ["clip", "plain whisperx s", "service s", "service / plain"],
+        [
+            "clip",
+            "plain whisperx s",
+            "service, diarization beside ASR s",
+            "service, after ASR s",
+            "beside / plain",
+            "after / plain",
+        ],
         rows,
         note=f"medians of {args.runs} runs, CPU; {c.machine_note()}",
     )

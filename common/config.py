@@ -149,6 +149,9 @@ class RunnerConfig(BaseModel):
     (Serve does not retry in-flight requests); input errors are never retried."""
     stage_retry_backoff_seconds: float = Field(1.0, ge=0)
     """Wait before the first rerun while Serve replaces the replica; doubles per rerun."""
+    diarize_alongside_asr: bool = True
+    """Diarize a task's audio while its ASR and alignment run (diarization needs the words
+    only to label them), on the diarization deployment's own replica; off: after them."""
     db_mirror_interval_seconds: float = Field(1.0, ge=0)
     """Least time between two database writes of in-stage progress for one task."""
     decode_num_cpus: float = Field(1.0, gt=0)

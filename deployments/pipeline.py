@@ -112,8 +112,10 @@ class TaskPipeline:
         cancelled_by_user: CancelledByUser | None = None,
         running_replicas: ReplicaCount | None = None,
         replica_check_after_s: float = 1.0,
+        diarize_alongside: bool = True,
     ) -> None:
         self._asr, self._align, self._diarize = asr, align, diarize
+        self._diarize_alongside = diarize_alongside
         self._running_replicas = running_replicas
         self._replica_check_after = replica_check_after_s
         self._progress = progress
@@ -263,6 +265,47 @@ class TaskPipeline:
         if task.task_type is TaskType.diarize:
             return await self._diarize_stage(task, audio, None, timings, enter=False)
 
+        params = task.params
+        if not params.diarize:
+            return await self._transcribe_align(task, audio, timings)
+        if not self._diarize_alongside:
+            transcript = await self._transcribe_align(task, audio, timings)
+            await self._checkpoint(task)
+            return await self._diarize_stage(task, audio, transcript, timings, enter=True)
+        return await self._diarize_alongside_asr(task, audio, timings)
+
+    async def _diarize_alongside_asr(
+        self, task: TaskInput, audio: AudioRef, timings: Timings
+    ) -> Transcript:
+        """Diarization needs no words until speakers are assigned: it runs on its own
+        replica while ASR and alignment run, and the words are labelled when both are done.
+        Progress stays in stage order: the diarizing stage is entered once the words are
+        ready, and shows how far the diarization already is from its next report. Either
+        side failing stops the other."""
+        turns = asyncio.ensure_future(self._diarize_stage(task, audio, None, timings, enter=False))
+        words = asyncio.ensure_future(self._transcribe_align(task, audio, timings))
+        try:
+            while not words.done():
+                await asyncio.wait({words, turns}, return_when=asyncio.FIRST_COMPLETED)
+                if turns.done():
+                    turns.result()  # a diarization failure fails the task now, not after ASR
+            transcript = words.result()
+            await self._checkpoint(task)
+            await self._progress.enter_stage(task.task_id, TaskProgressStage.diarizing)
+            found = (await turns).speaker_turns or []
+            return await self._call(
+                task, "diarization", lambda: self._diarize.assign(transcript, found)
+            )
+        finally:
+            pending = [f for f in (words, turns) if not f.done()]
+            for f in pending:
+                f.cancel()
+            if pending:
+                await asyncio.wait(pending)
+
+    async def _transcribe_align(
+        self, task: TaskInput, audio: AudioRef, timings: Timings
+    ) -> Transcript:
         params, task_id = task.params, task.task_id
         language = params.asr.language or self._fixed_language(params.asr.model)
         can_align: bool | None = None
@@ -322,10 +365,6 @@ class TaskPipeline:
                     )
                 transcript = _warn(transcript, "no_aligner", message)
             timings.aligning = round(time.perf_counter() - t0, 3)
-
-        if params.diarize:
-            await self._checkpoint(task)
-            transcript = await self._diarize_stage(task, audio, transcript, timings, enter=True)
         return transcript
 
     async def _diarize_stage(

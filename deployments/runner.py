@@ -292,6 +292,7 @@ class TaskRunner:
             stage_retry_backoff_s=config.stage_retry_backoff_seconds,
             cancelled_by_user=self._stopping.__contains__,
             running_replicas=ServeReplicaCount(serve.get_replica_context().app_name),
+            diarize_alongside=config.diarize_alongside_asr,
         )
         self._claim_loop = asyncio.create_task(self._claim_forever())
         self._lease_loop = asyncio.create_task(self._renew_forever())

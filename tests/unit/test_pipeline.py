@@ -117,7 +117,10 @@ class FakeDiarize:
     async def assign(self, transcript: Transcript, turns: list[SpeakerTurn]) -> Transcript:
         self.assigned.append(turns)
         segments = [s.model_copy(update={"speaker": turns[0].speaker}) for s in transcript.segments]
-        return transcript.model_copy(update={"segments": segments, "speaker_turns": turns})
+        speakers = sorted({t.speaker for t in turns})
+        return transcript.model_copy(
+            update={"segments": segments, "speaker_turns": turns, "speakers": speakers}
+        )
 
 
 async def _report(progress: ProgressFn | None, *percentages: float) -> None:
@@ -184,6 +187,7 @@ def make(
     diarize_fail: bool = False,
     language: str | None = "en",
     cancelled: set[str] | None = None,
+    diarize_alongside: bool = True,
 ) -> tuple[TaskPipeline, FakeAsr, FakeAlign, FakeDiarize, FakeProgress]:
     asr, align, diar, progress = (
         FakeAsr(),
@@ -205,6 +209,7 @@ def make(
         decode=decode,
         default_language=language,
         cancelled_by_user=cancelled.__contains__ if cancelled is not None else None,
+        diarize_alongside=diarize_alongside,
     )
     return pipeline, asr, align, diar, progress
 
@@ -322,9 +327,12 @@ async def test_combine_task_needs_no_audio() -> None:
     assert progress.result is not None and progress.result.segments[0].speaker == "SPEAKER_01"
 
 
-async def test_cancel_request_stops_at_the_next_stage_boundary() -> None:
+@pytest.mark.parametrize("alongside", [True, False])
+async def test_cancel_request_stops_at_the_next_stage_boundary(alongside: bool) -> None:
     cancelled: set[str] = set()
-    pipeline, asr, align, diar, progress = make({"en"}, cancelled=cancelled)
+    pipeline, asr, align, diar, progress = make(
+        {"en"}, cancelled=cancelled, diarize_alongside=alongside
+    )
     original = asr.transcribe
 
     async def transcribe_then_cancel(
@@ -336,7 +344,8 @@ async def test_cancel_request_stops_at_the_next_stage_boundary() -> None:
     asr.transcribe = transcribe_then_cancel  # type: ignore[method-assign]
     outcome = await pipeline.run(task())
     assert outcome.status is TaskStatus.cancelled
-    assert align.calls == 0 and not diar.requests
+    assert align.calls == 0 and not diar.assigned
+    assert bool(diar.requests) is alongside  # diarization started beside ASR, or never
     assert progress.calls[-1] == ("finish", TaskStatus.cancelled)
 
 
@@ -542,11 +551,20 @@ async def test_each_stage_reports_its_model_progress_to_the_tracker() -> None:
     pipeline, *_, progress = make({"en"})
     outcome = await pipeline.run(task())
     assert outcome.status is TaskStatus.completed
-    assert progress.reports == [
+    # Diarization runs beside ASR, so its report may come first (the tracker keeps only
+    # the current stage's reports); each stage's own reports stay in order.
+    assert sorted(progress.reports) == sorted(
+        [
+            (TaskProgressStage.transcribing, 50.0),
+            (TaskProgressStage.transcribing, 100.0),
+            (TaskProgressStage.aligning, 100.0),
+            (TaskProgressStage.diarizing, 10.0),
+        ]
+    )
+    transcribing = [r for r in progress.reports if r[0] is TaskProgressStage.transcribing]
+    assert transcribing == [
         (TaskProgressStage.transcribing, 50.0),
         (TaskProgressStage.transcribing, 100.0),
-        (TaskProgressStage.aligning, 100.0),
-        (TaskProgressStage.diarizing, 10.0),
     ]
 
 
@@ -615,3 +633,86 @@ async def test_a_stage_with_a_running_replica_or_a_quick_answer_notes_nothing() 
     assert (await pipeline.run(task(align=False))).status is TaskStatus.completed
     assert counts.asked == []  # every stage answered before the check was due
     assert not [c for c in progress.calls if c[0] == "note"]
+
+
+# ------------------------------------------------------- diarization beside ASR
+
+
+async def test_diarization_runs_while_asr_runs_and_labels_the_words_after() -> None:
+    pipeline, asr, _align, diar, progress = make({"en"})
+    diarizing_during_asr: list[bool] = []
+    original = asr.transcribe
+
+    async def transcribe(
+        audio: np.ndarray, req: AsrRequest, *, progress: ProgressFn | None = None
+    ) -> Transcript:
+        await wait_until_async(lambda: bool(diar.requests), timeout=5)
+        diarizing_during_asr.append(True)
+        return await original(audio, req, progress=progress)
+
+    asr.transcribe = transcribe  # type: ignore[method-assign]
+    outcome = await pipeline.run(task())
+    assert outcome.status is TaskStatus.completed and diarizing_during_asr == [True]
+    assert diar.requests[0].transcript is None  # it needs no words
+    assert diar.assigned == [[SpeakerTurn(start=0, end=2, speaker="SPEAKER_00")]]
+    result = progress.result
+    assert result is not None and result.speakers == ["SPEAKER_00"]
+    assert result.word_timestamps == "wav2vec2" and result.segments[0].speaker == "SPEAKER_00"
+    # Stages are still entered in order, diarizing once the words are ready.
+    assert [c[1] for c in progress.calls if c[0] == "stage"] == [
+        TaskProgressStage.aligning,
+        TaskProgressStage.diarizing,
+    ]
+
+
+async def test_a_diarization_failure_fails_the_task_without_waiting_for_asr() -> None:
+    pipeline, asr, _, _, progress = make({"en"}, diarize_fail=True)
+    asr_cancelled = asyncio.Event()
+
+    async def transcribe_forever(
+        audio: np.ndarray, req: AsrRequest, *, progress: ProgressFn | None = None
+    ) -> Transcript:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            asr_cancelled.set()
+        raise AssertionError("unreachable")
+
+    asr.transcribe = transcribe_forever  # type: ignore[method-assign]
+    outcome = await asyncio.wait_for(pipeline.run(task()), 5)
+    assert outcome.status is TaskStatus.failed and asr_cancelled.is_set()
+    assert progress.error is not None and progress.error.error_code == "processing_failed"
+
+
+async def test_an_asr_failure_stops_the_diarization_beside_it() -> None:
+    pipeline, asr, _, diar, _progress = make({"en"})
+    diar.block = asyncio.Event()  # diarization would run for ever
+    diarization_cancelled = asyncio.Event()
+    original = diar.diarize
+
+    async def diarize(
+        audio: np.ndarray, req: DiarizeRequest, *, progress: ProgressFn | None = None
+    ) -> Transcript:
+        try:
+            return await original(audio, req, progress=progress)
+        finally:
+            diarization_cancelled.set()
+
+    async def broken_asr(
+        audio: np.ndarray, req: AsrRequest, *, progress: ProgressFn | None = None
+    ) -> Transcript:
+        await wait_until_async(lambda: bool(diar.requests), timeout=5)
+        raise ProcessingError("Transcription failed.", "boom")
+
+    diar.diarize = diarize  # type: ignore[method-assign]
+    asr.transcribe = broken_asr  # type: ignore[method-assign]
+    outcome = await asyncio.wait_for(pipeline.run(task()), 5)
+    assert outcome.status is TaskStatus.failed and diarization_cancelled.is_set()
+    assert not diar.assigned
+
+
+async def test_diarization_after_asr_when_not_alongside() -> None:
+    pipeline, _, _, diar, _progress = make({"en"}, diarize_alongside=False)
+    outcome = await pipeline.run(task())
+    assert outcome.status is TaskStatus.completed
+    assert diar.requests[0].transcript is not None and not diar.assigned
