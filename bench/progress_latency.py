@@ -1,105 +1,144 @@
 """Progress event latency: from emit (the event's ``timestamp``, set by the ProgressTracker
-when it records the event) to the WebSocket frame arriving at a client, on one machine.
+when it records the event) to the WebSocket frame arriving at a client, with 1 to 1,000
+watchers of one task, on one machine.
 
-Runs ``--tasks`` tasks one after another (ASR + diarization on a ``--seconds`` clip, so
-each emits many in-stage events), each watched by ``--watchers`` WebSocket clients that
-connect right after the submit, spread over ``--procs`` client processes (each its own
-event loop, so the clients' parsing is not one queue). A frame counts when its event was
-emitted after every watcher had its snapshot (earlier ones met sockets still opening):
-receive time (``time.time()`` at the client) minus the event's timestamp. Without ``--redis`` the
-ingress reads events from the tracker actor; with ``--redis URL`` a second phase runs the
-same tasks with events carried by Redis streams, in the same run.
+Per row: one ASR-only task on a ``--seconds`` clip is submitted and, once it runs, watched
+by ``--watchers`` WebSocket clients spread over ``--procs`` client processes (each its own
+event loop, so the clients' parsing is not one queue). When every socket has its snapshot,
+the bench sends ``--events`` progress notes for that task to the tracker deployment at
+``--rate`` per second (through its Serve handle, as the stages do), then cancels the task;
+its ``cancelled`` event closes the sockets. Each note's frame counts: receive time
+(``time.time()`` at the client) minus the event's timestamp. The task's ASR keeps running
+meanwhile, so the ingress shares the CPU as it would in service.
 
-    .venv/bin/python bench/progress_latency.py --tasks 4 --watchers 1,10 --redis redis://127.0.0.1:6379/0
-    .venv/bin/python bench/progress_latency.py --tasks 2 --watchers 100,1000 --seconds 60
+A phase is one start of the service (``--phases``): ``proxy`` as shipped, behind Serve's
+Python proxy; ``haproxy`` behind Serve's HAProxy ingress (``make run HAPROXY=1``); ``redis``
+with events carried over Redis streams (``--redis URL``).
+
+    .venv/bin/python bench/progress_latency.py --watchers 1,10,100,1000 --phases proxy,haproxy
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing as mp
+import shutil
+import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import _common as c
 import httpx
 
-Watched = list[tuple[float, list[tuple[float, float]]]]
-"""Per watcher: when its snapshot arrived, then (receive time, emit time) per frame."""
+NOTE = "bench note"
+_opened: Any = None  # a shared counter of sockets that have their snapshot (per pool)
 
 
-async def _watch_many(ws_base: str, task_id: str, count: int) -> Watched:
-    streams = await asyncio.gather(*(c.watch(ws_base, task_id) for _ in range(count)))
-    out: Watched = []
-    for frames in streams:
-        if c.final_status(frames) != "completed":
-            raise RuntimeError(f"task {task_id} ended {c.final_status(frames)}")
-        out.append((frames[0][0], [(got, c.parse_ts(f["timestamp"])) for got, f in frames[1:]]))
-    return out
+def _init(counter: Any) -> None:
+    global _opened
+    _opened = counter
 
 
-def watch_in_process(ws_base: str, task_id: str, count: int) -> Watched:
-    """One client process's share of the watchers (a loop of its own per process, so the
-    clients' JSON parsing is not one core's queue)."""
+async def _watch(ws_base: str, task_id: str) -> list[float]:
+    import json
+
+    import websockets
+
+    latencies: list[float] = []
+    async with websockets.connect(f"{ws_base}/ws/tasks/{task_id}", max_size=None) as ws:
+        await ws.recv()  # the snapshot
+        with _opened.get_lock():
+            _opened.value += 1
+        try:
+            async for message in ws:
+                got = time.time()
+                frame = json.loads(message)
+                if str(frame.get("message", "")).startswith(NOTE):
+                    latencies.append((got - c.parse_ts(frame["timestamp"])) * 1000)
+        except websockets.ConnectionClosed:
+            pass
+    return latencies
+
+
+async def _watch_many(ws_base: str, task_id: str, count: int) -> list[float]:
+    streams = await asyncio.gather(*(_watch(ws_base, task_id) for _ in range(count)))
+    return [x for s in streams for x in s]
+
+
+def watch_in_process(ws_base: str, task_id: str, count: int) -> list[float]:
     return asyncio.run(_watch_many(ws_base, task_id, count))
 
 
-async def _submit(service: c.Service, path: Path) -> str:
-    async with httpx.AsyncClient() as client:
-        return await c.asubmit(client, service.base, path, align="false")
+def one_row(
+    service: c.Service,
+    clip: Path,
+    watchers: int,
+    pool: ProcessPoolExecutor,
+    counter: Any,
+    procs: int,
+    args: argparse.Namespace,
+) -> tuple[list[float], float]:
+    """Latencies (ms) of every note frame at every watcher, and seconds to open them all."""
+    from ray import serve
 
-
-def one_task(
-    service: c.Service, path: Path, watchers: int, pool: ProcessPoolExecutor, procs: int
-) -> tuple[list[float], int]:
-    """Latencies (ms) of the frames emitted after every watcher had its snapshot, and
-    how many frames came before that (connections still opening; not counted)."""
-    task_id = asyncio.run(_submit(service, path))
-    shares = [watchers // procs + (i < watchers % procs) for i in range(procs)]
-    jobs = [pool.submit(watch_in_process, service.ws, task_id, n) for n in shares if n]
-    watched = [w for job in jobs for w in job.result()]
-    all_open = max(opened for opened, _ in watched)
-    latencies = [
-        (got - emitted) * 1000
-        for _, frames in watched
-        for got, emitted in frames
-        if emitted > all_open
-    ]
-    early = sum(len(frames) for _, frames in watched) - len(latencies)
-    return latencies, early
+    tracker = serve.get_deployment_handle("ProgressTracker", app_name=c.APP)
+    with httpx.Client(timeout=120) as client:
+        r = client.post(
+            f"{service.base}/speech-to-text",
+            params={"align": "false", "diarize": "false"},
+            files={"file": (clip.name, clip.read_bytes())},
+        )
+        r.raise_for_status()
+        task_id = r.json()["identifier"]
+        c.wait_status(service.base, task_id, "processing", timeout=120)
+        counter.value = 0
+        started = time.perf_counter()
+        shares = [watchers // procs + (i < watchers % procs) for i in range(procs)]
+        jobs = [pool.submit(watch_in_process, service.ws, task_id, n) for n in shares if n]
+        deadline = time.monotonic() + 300
+        while counter.value < watchers:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{counter.value} of {watchers} sockets open after 300 s")
+            time.sleep(0.05)
+        open_s = time.perf_counter() - started
+        for i in range(args.events):
+            tracker.note.remote(task_id, f"{NOTE} {i}").result()
+            time.sleep(1 / args.rate)
+        client.post(f"{service.base}/task/{task_id}/cancel").raise_for_status()
+    latencies = [x for job in jobs for x in job.result()]
+    expected = watchers * args.events
+    if len(latencies) != expected:
+        raise RuntimeError(f"{len(latencies)} note frames of {expected} arrived")
+    return latencies, open_s
 
 
 def phase(
     name: str,
-    path: Path,
-    tasks: int,
-    watchers: list[int],
+    clip: Path,
     env: dict[str, str],
     pool: ProcessPoolExecutor,
-    procs: int,
+    counter: Any,
+    args: argparse.Namespace,
 ) -> list[list[object]]:
     service = c.start_service(env=env)
     rows: list[list[object]] = []
     try:
-        one_task(service, path, 1, pool, 1)  # warm-up
-        for w in watchers:
-            latencies: list[float] = []
-            early = 0
-            for _ in range(tasks):
-                got, before = one_task(service, path, w, pool, min(procs, w))
-                latencies.extend(got)
-                early += before
+        for w in [int(w) for w in args.watchers.split(",")]:
+            latencies, open_s = one_row(service, clip, w, pool, counter, min(args.procs, w), args)
             rows.append(
                 [
                     f"{name}, {w} watcher(s)",
                     len(latencies),
-                    early,
+                    round(open_s, 1),
                     c.percentile(latencies, 50),
                     c.percentile(latencies, 99),
-                    max(latencies, default=float("nan")),
+                    max(latencies),
                 ]
             )
+            print(rows[-1], flush=True)
     finally:
         c.stop_service()
     return rows
@@ -107,30 +146,47 @@ def phase(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, default=4)
-    parser.add_argument("--seconds", type=float, default=120.0, help="clip length")
-    parser.add_argument("--watchers", default="1,10", help="comma-separated watcher counts")
-    parser.add_argument("--redis", default=None, help="also run with events over this Redis")
+    parser.add_argument("--watchers", default="1,10,100,1000", help="comma-separated counts")
+    parser.add_argument("--events", type=int, default=40, help="notes per row")
+    parser.add_argument("--rate", type=float, default=10.0, help="notes per second")
+    parser.add_argument("--seconds", type=float, default=900.0, help="clip length (ASR)")
     parser.add_argument("--procs", type=int, default=2, help="client processes for watchers")
+    parser.add_argument(
+        "--phases", default="proxy,haproxy", help="comma-separated: proxy, haproxy, redis"
+    )
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="for phase redis")
     args = parser.parse_args()
     # Forked before Ray starts in this process; each worker runs its own event loop.
-    pool = ProcessPoolExecutor(args.procs)
+    counter = mp.get_context("fork").Value("i", 0)
+    pool = ProcessPoolExecutor(
+        args.procs, mp_context=mp.get_context("fork"), initializer=_init, initargs=(counter,)
+    )
     list(pool.map(abs, range(args.procs)))
     clip = c.speech_clip(args.seconds, c.temp_dir("bench-audio-") / "clip.wav")
-    watchers = [int(w) for w in args.watchers.split(",")]
 
-    rows = phase("tracker actor", clip, args.tasks, watchers, {}, pool, args.procs)
-    if args.redis:
-        env = {
-            "WHISPERX_SERVE_REDIS_URL": args.redis,
-            "WHISPERX_SERVE_REDIS_PREFIX": f"bench-{uuid.uuid4().hex[:8]}",
-        }
-        rows += phase("redis streams", clip, args.tasks, watchers, env, pool, args.procs)
+    rows: list[list[object]] = []
+    for name in args.phases.split(","):
+        if name == "proxy":
+            rows += phase("Serve proxy", clip, {}, pool, counter, args)
+        elif name == "haproxy":
+            binary = shutil.which("haproxy")
+            if binary is None:
+                raise SystemExit("phase haproxy needs haproxy: apt-get install haproxy")
+            env = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_BINARY_PATH": binary}
+            rows += phase("HAProxy", clip, env, pool, counter, args)
+        elif name == "redis":
+            env = {
+                "WHISPERX_SERVE_REDIS_URL": args.redis,
+                "WHISPERX_SERVE_REDIS_PREFIX": f"bench-{uuid.uuid4().hex[:8]}",
+            }
+            rows += phase("Redis streams", clip, env, pool, counter, args)
+        else:
+            raise SystemExit(f"unknown phase {name!r}")
     c.table(
-        ["events via", "frames", "before all open", "p50 ms", "p99 ms", "max ms"],
+        ["ingress, events via", "frames", "open all, s", "p50 ms", "p99 ms", "max ms"],
         rows,
         note=(
-            f"{args.tasks} tasks x {args.seconds:.0f} s clip (ASR + diarization) per row; "
+            f"{args.events} notes at {args.rate:g}/s per row, one ASR task running; "
             f"emit = tracker timestamp, frame = client receive time; {c.machine_note()}"
         ),
     )

@@ -98,7 +98,8 @@ async def serve_deployment_statuses(app_name: str) -> dict[str, str]:
     return result
 
 
-@serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=1000)
+# Every open WebSocket is an ongoing request: room for thousands of watchers besides HTTP.
+@serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=4000)
 @serve.ingress()
 class Ingress:
     async def __init__(  # type: ignore[misc]  # Serve runs async constructors
