@@ -71,6 +71,8 @@ class ProgressTracker:
         self._states: dict[str, TaskProgressState] = {}
         self._changed: dict[str, asyncio.Condition] = {}
         self._mirrored: dict[str, tuple[float, TaskProgressStage]] = {}
+        self._unmirrored: dict[str, repository.ProgressMirror] = {}  # next mirror batch
+        self._mirror_writer: asyncio.Task[None] | None = None
         self._weights = dict(STAGE_WEIGHTS)  # learned from completed tasks on this cluster
         self._cancels: dict[str, asyncio.Future[bool]] = {}  # cancel signals, per running task
         self._published_before: dict[str, int] = {}  # seqs an earlier incarnation put in Redis
@@ -187,7 +189,9 @@ class ProgressTracker:
         return await self._bus.state() if self._bus is not None else "not configured"
 
     async def close(self) -> None:
-        """Stop the Redis publisher (the replica's shutdown; tests with a plain object)."""
+        """Write the queued progress mirror, then stop the Redis publisher (the replica's
+        shutdown; tests with a plain object)."""
+        await self.flush_mirror()
         if self._bus is not None:
             await self._bus.aclose()
 
@@ -256,23 +260,33 @@ class ProgressTracker:
         return state.events_after(max(after_seq, self._published_before.get(task_id, 0)))
 
     async def _mirror(self, state: TaskProgressState) -> None:
+        """Queue the task's progress for the database: on a stage change, and at most once
+        per ``mirror_interval_s`` inside a stage. One writer sends what is queued in one
+        transaction; whatever arrives while it writes goes in its next batch, so a quiet
+        tracker writes at once and a busy one (thousands of tasks) in a few large commits."""
         now = time.monotonic()
         last_at, last_stage = self._mirrored.get(state.task_id, (-float("inf"), None))
         if state.stage == last_stage and now - last_at < self._mirror_interval:
             return
         self._mirrored[state.task_id] = (now, state.stage)
-        try:
-            await asyncio.to_thread(
-                repository.update_progress,
-                self._db,
-                task_id=state.task_id,
-                stage=state.stage,
-                percentage=state.percentage,
-                seq=state.seq,
-                message=state.message,
-            )
-        except Exception:
-            logger.exception("progress mirror write failed", extra={"task_id": state.task_id})
+        self._unmirrored[state.task_id] = repository.ProgressMirror(
+            state.task_id, state.stage, state.percentage, state.seq, state.message
+        )
+        if self._mirror_writer is None or self._mirror_writer.done():
+            self._mirror_writer = asyncio.create_task(self._write_mirrors())
+
+    async def _write_mirrors(self) -> None:
+        while self._unmirrored:
+            batch, self._unmirrored = list(self._unmirrored.values()), {}
+            try:
+                await asyncio.to_thread(repository.update_progress_many, self._db, batch)
+            except Exception:
+                logger.exception("progress mirror write of %d tasks failed", len(batch))
+
+    async def flush_mirror(self) -> None:
+        """Wait until every queued progress mirror write has been sent (tests, shutdown)."""
+        while self._mirror_writer is not None and not self._mirror_writer.done():
+            await asyncio.wait({self._mirror_writer})
 
     async def forget(self, task_id: str) -> None:
         """Drop a deleted task's live state; waiters wake and find it gone."""
@@ -284,6 +298,7 @@ class ProgressTracker:
 
     def _drop(self, task_id: str) -> None:
         self._states.pop(task_id, None)
+        self._unmirrored.pop(task_id, None)
         self._changed.pop(task_id, None)
         self._mirrored.pop(task_id, None)
         self._published_before.pop(task_id, None)

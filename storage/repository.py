@@ -11,15 +11,18 @@ SQL runs on SQLite and PostgreSQL. Returned rows are detached snapshots.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
     CursorResult,
     Integer,
+    Table,
     and_,
+    bindparam,
     func,
     or_,
     select,
@@ -229,6 +232,16 @@ def queue_position(db: Database, *, task_id: str) -> int | None:
         return int(ahead or 0) + 1
 
 
+def _progress_applies(seq: Any, percentage: Any) -> ColumnElement[bool]:
+    """A progress mirror write applies to a live task and never moves seq or % back.
+    (``OR`` rather than ``IN``: an expanding ``IN`` cannot run in an executemany.)"""
+    return and_(
+        or_(*(TaskRow.status == status for status in _ACTIVE)),
+        TaskRow.progress_seq <= seq,
+        TaskRow.progress_percentage <= percentage,
+    )
+
+
 def update_progress(
     db: Database,
     *,
@@ -242,17 +255,61 @@ def update_progress(
     return update_where(
         db,
         task_id,
-        and_(
-            TaskRow.status.in_(_ACTIVE),
-            TaskRow.progress_seq <= seq,
-            TaskRow.progress_percentage <= percentage,
-        ),
+        _progress_applies(seq, percentage),
         progress_stage=stage.value,
         progress_percentage=percentage,
         progress_seq=seq,
         progress_message=message,
         updated_at=utcnow(),
     )
+
+
+@dataclass(frozen=True)
+class ProgressMirror:
+    """One task's live progress, as ``update_progress`` takes it."""
+
+    task_id: str
+    stage: TaskProgressStage
+    percentage: float
+    seq: int
+    message: str | None = None
+
+
+def update_progress_many(db: Database, updates: Sequence[ProgressMirror]) -> None:
+    """``update_progress`` for many tasks in one transaction and one executemany: the
+    tracker's mirror of thousands of running tasks costs one commit per batch, not one
+    per task. The same conditions apply row by row."""
+    if not updates:
+        return
+    table = cast(Table, TaskRow.__table__)
+    stmt = (
+        update(table)
+        .where(
+            table.c.id == bindparam("t_id"),
+            _progress_applies(bindparam("t_seq"), bindparam("t_pct")),
+        )
+        .values(
+            progress_stage=bindparam("t_stage"),
+            progress_percentage=bindparam("t_pct"),
+            progress_seq=bindparam("t_seq"),
+            progress_message=bindparam("t_msg"),
+            updated_at=bindparam("t_at"),
+        )
+    )
+    now = utcnow()
+    rows = [
+        {
+            "t_id": u.task_id,
+            "t_stage": u.stage.value,
+            "t_pct": u.percentage,
+            "t_seq": u.seq,
+            "t_msg": u.message,
+            "t_at": now,
+        }
+        for u in updates
+    ]
+    with db.session() as session:
+        session.connection().execute(stmt, rows)
 
 
 def set_audio_duration(db: Database, *, task_id: str, duration: float) -> None:

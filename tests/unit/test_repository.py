@@ -161,6 +161,34 @@ def test_queue_position_and_delete(db: Database) -> None:
     assert repo.queue_position(db, task_id="q3") == 2
 
 
+def test_update_progress_many_applies_the_same_rules_row_by_row(db: Database) -> None:
+    for task_id in ("a", "b", "c"):
+        _new(db, task_id)
+    tr, al = TaskProgressStage.transcribing, TaskProgressStage.aligning
+    assert repo.update_progress(db, task_id="b", stage=tr, percentage=30, seq=5)
+    repo.update_progress_many(
+        db,
+        [
+            repo.ProgressMirror("a", al, 40.0, 3, "aligning"),
+            repo.ProgressMirror("b", tr, 20.0, 4),  # older than the row: ignored
+            repo.ProgressMirror("c", tr, 10.0, 2, "x"),
+            repo.ProgressMirror("nope", tr, 10.0, 2),
+        ],
+    )
+    rows = {t: repo.get_task(db, task_id=t) for t in ("a", "b", "c")}
+    got = {
+        t: (r.progress_stage, r.progress_percentage, r.progress_seq, r.progress_message)
+        for t, r in rows.items()
+        if r is not None
+    }
+    assert got == {
+        "a": ("aligning", 40, 3, "aligning"),
+        "b": ("transcribing", 30, 5, None),
+        "c": ("transcribing", 10, 2, "x"),
+    }
+    repo.update_progress_many(db, [])  # nothing to write: no transaction needed
+
+
 def test_update_progress_is_monotonic(db: Database) -> None:
     _new(db, "t")
     tr, al = TaskProgressStage.transcribing, TaskProgressStage.aligning
