@@ -132,7 +132,8 @@ class TaskChannel:
 
     def _wake(self) -> None:
         news, self._news = self._news, asyncio.get_running_loop().create_future()
-        news.set_result(None)
+        if not news.done():  # never cancelled by a watcher (``ws._unless_left``); be sure
+            news.set_result(None)
 
 
 class TaskFanout:

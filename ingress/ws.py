@@ -211,11 +211,14 @@ class _Left(Exception):
 
 
 async def _unless_left(work: Awaitable[T], disconnected: asyncio.Future[None]) -> T:
+    """``await work``, unless the client leaves first (``_Left``). A coroutine is cancelled
+    then; a future is left alone, since it may be the channel's, shared by every watcher."""
     job = asyncio.ensure_future(work)
     pending: set[asyncio.Future[object]] = {job, disconnected}  # type: ignore[arg-type]
     await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
     if not job.done():
-        job.cancel()
+        if job is not work:
+            job.cancel()
         raise _Left
     return job.result()
 

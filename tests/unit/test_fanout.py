@@ -178,3 +178,26 @@ def test_websockets_of_one_task_share_one_tracker_read(tmp_path: Path, watchers:
         # Each socket used to long-poll the tracker itself: ``watchers`` waits per event.
         assert tracker.waits <= 4
         wait_until(lambda: len(services.fanout) == 0, timeout=5)
+
+
+def test_a_watcher_leaving_does_not_end_the_stream_of_the_others(tmp_path: Path) -> None:
+    """The watchers of a task wait on one shared future: the one that leaves must not
+    cancel it under the others."""
+    services = make_ingress_services(tmp_path, tracker=CountingTracker, ws_wait_seconds=5.0)
+    tracker: CountingTracker = services.progress  # type: ignore[assignment]
+    add_task(services.db, "ws1")
+    state = tracker.state("ws1")
+    assert state is not None
+    state.start([T])
+    with TestClient(create_app(services)) as tc, tc.websocket_connect("/ws/tasks/ws1") as stays:
+        assert stays.receive_json()["seq"] == 1
+        with tc.websocket_connect("/ws/tasks/ws1") as leaves:
+            assert leaves.receive_json()["seq"] == 1
+            wait_until(lambda: len(services.fanout) == 1 and tracker.waits >= 1, timeout=5)
+        # ``leaves`` closed while both waited for news.
+        state.report(T, 50)
+        tc.portal.call(tracker.changed.set)
+        assert stays.receive_json()["seq"] == 2
+        state.finish(TaskStatus.completed)
+        tc.portal.call(tracker.changed.set)
+        assert stays.receive_json()["status"] == "completed"
