@@ -24,3 +24,10 @@ def write_wav(audio: np.ndarray, path: Path, rate: int = SAMPLE_RATE) -> Path:
         w.setframerate(rate)
         w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
     return path
+
+
+def tiled_wav(source: Path, path: Path, repeats: int) -> Path:
+    """``source`` played ``repeats`` times in a row: a longer clip of the same speech."""
+    from deployments.audio import decode_audio
+
+    return write_wav(np.tile(decode_audio(source), repeats), path)

@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 from playwright.sync_api import expect
 
-from tests.audio import sample_wav
+from tests.audio import sample_wav, tiled_wav
 from tests.browser.conftest import PHONE, SECOND_MODEL, open_page
 from tests.conftest import normalise
 from tests.serving import Service, run_cli
@@ -205,9 +205,11 @@ def test_errors_show_the_user_message_and_the_detail_behind_a_disclosure(
 
 
 def test_a_dropped_websocket_resumes_without_a_gap_and_cancel_stops_the_task(
-    page: Any, service: Service
+    page: Any, service: Service, tmp_path: Path
 ) -> None:
-    i = upload(page, sample_wav())  # 30 s, two speakers: runs long enough to act mid-task
+    # 2 minutes of two speakers: long enough to drop the socket, see it resume and cancel
+    # mid-task (the 30 s sample alone can finish between the resume and the click)
+    i = upload(page, tiled_wav(sample_wav(), tmp_path / "two-speakers.wav", 4))
     page.wait_for_function(
         "i => { const v = wxs.views[i]; return v.seqs.length >= 2 && v.ws?.readyState === 1 }",
         arg=i,

@@ -15,7 +15,7 @@ import pytest
 from storage import repository
 from storage.db import Database
 from storage.models import TaskRow
-from tests.audio import sample_wav, write_wav
+from tests.audio import sample_wav, tiled_wav
 from tests.conftest import normalise
 from tests.integration.conftest import APP, Service
 from tests.streams import assert_well_ordered, collect, submit
@@ -294,11 +294,7 @@ def test_a_redeploy_with_new_settings_reaches_the_tracker_and_deleting_removes_i
 
 def _long_clip(jfk_path: Path, path: Path, repeats: int = 6) -> Path:
     """~66 s of speech, long enough that a redeploy lands mid-task."""
-    import numpy as np
-
-    from deployments.audio import decode_audio
-
-    return write_wav(np.tile(decode_audio(jfk_path), repeats), path)
+    return tiled_wav(jfk_path, path, repeats)
 
 
 def test_redeploy_of_the_whole_app_never_strands_a_task(
