@@ -46,6 +46,11 @@ class AsrConfig(_ModelConfig):
     local_files_only: bool = False
     vad_onset: float = 0.5
     vad_offset: float = 0.363
+    vad_step_s: float | None = Field(1.67, gt=0, le=5)
+    """How far whisperx's pyannote VAD slides its 5 s window per step: a third of it, so
+    every sample goes through the model three times. ``None`` keeps whisperx's tenth
+    (0.5 s, ten times), which on CPU took 1.5-1.75x the ASR time for no fewer errors
+    (bench/vad_step.py, BENCHMARKS.md "VAD step")."""
     chunk_size: int = 30
     repetition_fallback: bool = True
     """Check each decoded window for a repetition loop (compression ratio, a phrase repeated

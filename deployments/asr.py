@@ -184,6 +184,10 @@ class AsrEngine:
             raise ModelUnavailableError.from_exception(
                 exc, f"The speech recognition model '{name}' could not be loaded."
             ) from exc
+        if config.vad_step_s is not None:
+            # whisperx builds pyannote's sliding-window Inference with its default step
+            # and has no option for it; its ``step`` is read on every call.
+            pipeline.vad_model.vad_pipeline._segmentation.step = config.vad_step_s
         loaded = _Loaded(name, pipeline, bool(pipeline.model.model.is_multilingual))
         logger.info(
             "loaded ASR model %s (%s, %s, multilingual=%s) in %.2f s",

@@ -69,6 +69,28 @@ def test_transcribes_jfk(engine: AsrEngine, jfk: np.ndarray) -> None:
         assert segment.words == []
 
 
+def test_the_vad_step_is_configured(engine: AsrEngine, jfk: np.ndarray) -> None:
+    """``asr.vad_step_s`` reaches pyannote's sliding window (1.67 s unless set; ``None`` is
+    whisperx's own 0.5 s), and the words survive either."""
+
+    def step(e: AsrEngine) -> float:
+        return float(e._pipeline.vad_model.vad_pipeline._segmentation.step)
+
+    whisperx_own = AsrEngine(
+        AsrConfig(
+            model="asr/faster-whisper-tiny.en",
+            local_files_only=True,
+            cpu_threads=2,
+            vad_step_s=None,
+        ),
+        models_dir=MODELS_DIR,
+    )
+    assert step(engine) == 1.67 and step(whisperx_own) == 0.5
+    for e in (engine, whisperx_own):
+        text = normalise(e.transcribe(jfk, AsrRequest()).text)
+        assert "ask not what your country can do for you" in text
+
+
 def test_progress_monotonic_to_100(engine: AsrEngine, jfk: np.ndarray) -> None:
     for word_timestamps in (False, True):
         seen: list[float] = []

@@ -53,6 +53,10 @@ class FakePipeline:
     def __init__(self, multilingual: bool) -> None:
         self.options = FakeOptions()
         self._vad_params = {"vad_onset": 0.5, "vad_offset": 0.363, "chunk_size": 30}
+        # whisperx's pyannote VAD: its sliding-window Inference, whisperx's 0.5 s step
+        self.vad_model = SimpleNamespace(
+            vad_pipeline=SimpleNamespace(_segmentation=SimpleNamespace(step=0.5))
+        )
         self.tokenizer: Any = "preset-tokenizer"
         self.suppress_numerals = False
         self.model = SimpleNamespace(
@@ -122,8 +126,11 @@ def _snapshot(pipeline: FakePipeline) -> tuple[Any, ...]:
 
 
 def test_load_uses_config(load_calls: list[dict[str, Any]]) -> None:
-    _engine("tiny.en", cpu_threads=3, vad_onset=0.4, local_files_only=True)
-    (call,) = load_calls
+    _, pipeline = _engine("tiny.en", cpu_threads=3, vad_onset=0.4, local_files_only=True)
+    assert pipeline.vad_model.vad_pipeline._segmentation.step == 1.67  # the default
+    _, whisperx_own = _engine("tiny.en", vad_step_s=None)
+    assert whisperx_own.vad_model.vad_pipeline._segmentation.step == 0.5
+    call = load_calls[0]
     assert call["device"] == "cpu"
     assert call["compute_type"] == "int8"  # "default" on CPU
     assert call["threads"] == 3
