@@ -44,13 +44,18 @@ def _wait_for_stage(service: Service, task_id: str, stage: str, timeout: float =
     wait_until(lambda: _stage(service, task_id) == stage, timeout=timeout, interval=0.1, what=stage)
 
 
+def _progress(service: Service, task_id: str, key: str) -> tuple[str | None, float]:
+    """The task's ``key`` (``progress_stage``, ``status``) and percentage, as polled."""
+    r = httpx.get(f"{service.base_url}/tasks/{task_id}/progress", timeout=10)
+    body = r.json() if r.status_code == 200 else {}
+    return body.get(key), float(body.get("progress_percentage") or 0)
+
+
 def _wait_for_progress_in(service: Service, task_id: str, stage: str) -> None:
     """Until the task has reported progress inside ``stage`` (past the stage's entry)."""
 
     def progress() -> tuple[str | None, float]:
-        r = httpx.get(f"{service.base_url}/tasks/{task_id}/progress", timeout=10)
-        body = r.json() if r.status_code == 200 else {}
-        return body.get("progress_stage"), float(body.get("progress_percentage") or 0)
+        return _progress(service, task_id, "progress_stage")
 
     wait_until(lambda: progress()[0] == stage, timeout=120, interval=0.1, what=stage)
     entered = progress()[1]
@@ -67,9 +72,7 @@ def _wait_for_new_progress(service: Service, task_id: str) -> None:
     stage."""
 
     def progress() -> tuple[str | None, float]:
-        r = httpx.get(f"{service.base_url}/tasks/{task_id}/progress", timeout=10)
-        body = r.json() if r.status_code == 200 else {}
-        return body.get("status"), float(body.get("progress_percentage") or 0)
+        return _progress(service, task_id, "status")
 
     _, before = progress()
     wait_until(

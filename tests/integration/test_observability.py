@@ -24,6 +24,7 @@ from storage import repository
 from storage.db import Database
 from tests.audio import tiled_wav
 from tests.integration.conftest import APP, DB_PASSWORD_MARKER, HF_TOKEN_MARKER, Service
+from tests.integration.test_service import _replica_pids
 from tests.streams import collect, submit
 from tests.unit.test_metrics import SERVE_METRICS
 from tests.waiting import wait_until
@@ -375,14 +376,13 @@ def test_replica_crash_error_shows_no_ray_internals(service: Service, tmp_path: 
     from ray import serve
 
     once(service, "postgresql")
-    title = f"ServeReplica:{APP}:DiarizationDeployment"
 
     def replicas() -> list[psutil.Process]:
-        return [
-            p
-            for p in psutil.process_iter(["cmdline"])
-            if any(title in c for c in (p.info["cmdline"] or []))
-        ]
+        procs = []
+        for pid in _replica_pids("DiarizationDeployment"):
+            with contextlib.suppress(psutil.Error):  # gone since it was listed
+                procs.append(psutil.Process(pid))
+        return procs
 
     def running() -> bool:
         status = serve.status().applications[APP].deployments["DiarizationDeployment"]
